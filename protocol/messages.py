@@ -1,0 +1,316 @@
+"""Wire messages: one definition per message type, msgpack on the wire, every field checked.
+
+A message is one ZeroMQ frame holding a msgpack map ``{"v": VERSION, "t": TYPE, ...fields}``.
+`Tokens` alone carries a second frame: the raw UTF-8 text, so the broker can relay it without
+decoding or copying the text (it only reads the small header frame).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, ClassVar
+
+import msgpack
+
+from protocol import validate as v
+from protocol.errors import ProtocolViolation
+from protocol.job import Job
+
+VERSION = 1
+MAX_MESSAGE_BYTES = 64 << 20  # socket MAXMSGSIZE: a peer sending more is disconnected
+MAX_HEADER_BYTES = 48 << 20
+
+
+def _any_map(value: Any, name: str) -> dict[str, Any]:
+    return v.need_map(value, name)
+
+
+def _str_list(value: Any, name: str) -> list[str]:
+    items = v.need_list(value, name, max_len=4096)
+    return [v.need_str(s, f"{name}[{i}]", max_len=256) for i, s in enumerate(items)]
+
+
+def _map_list(value: Any, name: str) -> list[dict[str, Any]]:
+    items = v.need_list(value, name, max_len=4096)
+    return [v.need_map(m, f"{name}[{i}]") for i, m in enumerate(items)]
+
+
+def _job(value: Any, name: str) -> Job:
+    return Job.from_wire(value)
+
+
+def _id(value: Any, name: str) -> str:
+    return v.need_id(value, name)
+
+
+def _attempt(value: Any, name: str) -> int:
+    return v.need_int(value, name, 0, 10_000)
+
+
+def _seq(value: Any, name: str) -> int:
+    return v.need_int(value, name, 0, 2**62)
+
+
+def _text(value: Any, name: str) -> str:
+    return v.need_str(value, name, max_len=4096)
+
+
+def _bool(value: Any, name: str) -> bool:
+    return v.need_bool(value, name)
+
+
+def _capacity(value: Any, name: str) -> int:
+    return v.need_int(value, name, 1, 100_000)
+
+
+def _pid(value: Any, name: str) -> int:
+    return v.need_int(value, name, 0, 2**31)
+
+
+Checker = Callable[[Any, str], Any]
+REGISTRY: dict[str, type[Message]] = {}
+
+
+class Message:
+    """Base of every wire message. Subclasses are dataclasses with a CHECKS table."""
+
+    TYPE: ClassVar[str]
+    CHECKS: ClassVar[dict[str, Checker]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "TYPE" in cls.__dict__:
+            REGISTRY[cls.TYPE] = cls
+
+    def to_wire(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"v": VERSION, "t": self.TYPE}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            body[f.name] = value.to_wire() if isinstance(value, Job) else value
+        return body
+
+    def encode(self) -> bytes:
+        return msgpack.packb(self.to_wire(), use_bin_type=True)  # type: ignore[no-any-return]
+
+    @classmethod
+    def parse(cls, body: dict[str, Any]) -> Message:
+        kwargs: dict[str, Any] = {}
+        declared = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+        v.no_extra(body, {"v", "t", *declared}, cls.TYPE)
+        for name, spec in declared.items():
+            if name in body and body[name] is not None:
+                kwargs[name] = cls.CHECKS[name](body[name], f"{cls.TYPE}.{name}")
+            elif spec.default is MISSING and spec.default_factory is MISSING:
+                raise v.fail(f"{cls.TYPE}.{name}", "missing")
+        return cls(**kwargs)
+
+
+def decode(frame: bytes) -> Message:
+    """Decode and validate one header frame; raises ProtocolViolation on anything wrong."""
+    if len(frame) > MAX_HEADER_BYTES:
+        raise ProtocolViolation(f"message of {len(frame)} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        body = msgpack.unpackb(frame, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolViolation(f"not valid msgpack: {type(exc).__name__}") from None
+    body = v.need_map(body, "message")
+    if body.get("v") != VERSION:
+        raise ProtocolViolation(f"unsupported protocol version {body.get('v')!r}")
+    kind = body.get("t")
+    cls = REGISTRY.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ProtocolViolation(f"unknown message type {kind!r}")
+    return cls.parse(body)
+
+
+# --- client <-> broker ------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Submit(Message):
+    """Client asks for a job. Resubmitting the same job id is idempotent."""
+
+    TYPE = "submit"
+    CHECKS = {"job": _job, "first_attempt": _attempt, "delivered": _seq}
+    job: Job
+    first_attempt: int = 1  # after a broker restart, attempts continue past those already seen
+    delivered: int = 0  # token frames the caller already received
+
+
+@dataclass(slots=True)
+class Accepted(Message):
+    TYPE = "accepted"
+    CHECKS = {"job_id": _id, "candidates": _str_list, "skipped": _map_list}
+    job_id: str
+    candidates: list[str] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Cancel(Message):
+    """Client -> broker (attempt omitted) and broker -> worker (attempt given)."""
+
+    TYPE = "cancel"
+    CHECKS = {"job_id": _id, "attempt": _attempt}
+    job_id: str
+    attempt: int = 0
+
+
+@dataclass(slots=True)
+class Tokens(Message):
+    """Header of a token frame; the text follows in the next ZeroMQ frame, raw UTF-8."""
+
+    TYPE = "tokens"
+    CHECKS = {"job_id": _id, "attempt": _attempt, "seq": _seq}
+    job_id: str
+    attempt: int
+    seq: int
+
+
+@dataclass(slots=True)
+class Reset(Message):
+    """Output already delivered is void: a new attempt starts over."""
+
+    TYPE = "reset"
+    CHECKS = {"job_id": _id, "attempt": _attempt, "reason": _text}
+    job_id: str
+    attempt: int
+    reason: str
+
+
+@dataclass(slots=True)
+class Done(Message):
+    """Worker -> broker and broker -> client. `frames` is the count of token frames sent."""
+
+    TYPE = "done"
+    CHECKS = {"job_id": _id, "attempt": _attempt, "frames": _seq, "result": _any_map}
+    job_id: str
+    attempt: int
+    frames: int
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Failed(Message):
+    """Worker -> broker (one attempt failed) and broker -> client (the job failed)."""
+
+    TYPE = "failed"
+    CHECKS = {"job_id": _id, "attempt": _attempt, "error": _any_map}
+    job_id: str
+    attempt: int
+    error: dict[str, Any]
+
+
+@dataclass(slots=True)
+class StatusQuery(Message):
+    TYPE = "status"
+
+
+@dataclass(slots=True)
+class StatusReply(Message):
+    TYPE = "status_reply"
+    CHECKS = {"status": _any_map}
+    status: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Ping(Message):
+    """Heartbeat in every direction; any traffic also counts as one."""
+
+    TYPE = "ping"
+
+
+@dataclass(slots=True)
+class Pong(Message):
+    TYPE = "pong"
+
+
+@dataclass(slots=True)
+class Error(Message):
+    """The broker could not accept what the peer sent (bad frame, unknown job...)."""
+
+    TYPE = "error"
+    CHECKS = {"message": _text, "job_id": _id}
+    message: str
+    job_id: str | None = None
+
+
+# --- worker <-> broker ------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Ready(Message):
+    """Worker registers: what it serves and how many jobs it runs at once."""
+
+    TYPE = "ready"
+    CHECKS = {
+        "provider": _id,
+        "kind": _id,
+        "models": _str_list,
+        "capacity": _capacity,
+        "pid": _pid,
+        "features": _str_list,
+        "info": _any_map,
+    }
+    provider: str
+    kind: str
+    models: list[str]
+    capacity: int
+    pid: int
+    features: list[str] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Heartbeat(Message):
+    """Worker liveness plus its periodic figures (in-flight jobs, RSS, CPU, counters)."""
+
+    TYPE = "heartbeat"
+    CHECKS = {"inflight": _seq, "stats": _any_map}
+    inflight: int = 0
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Dispatch(Message):
+    """Broker hands one attempt of a job to a worker, with the provider's model resolved."""
+
+    TYPE = "dispatch"
+    CHECKS = {"job": _job, "attempt": _attempt, "model": _text}
+    job: Job
+    attempt: int
+    model: str
+
+
+@dataclass(slots=True)
+class Disconnect(Message):
+    """Broker -> worker: register again (the broker does not know you) or stop."""
+
+    TYPE = "disconnect"
+    CHECKS = {"reason": _text}
+    reason: str
+
+
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "VERSION",
+    "Accepted",
+    "Cancel",
+    "Disconnect",
+    "Dispatch",
+    "Done",
+    "Error",
+    "Failed",
+    "Heartbeat",
+    "Message",
+    "Ping",
+    "Pong",
+    "Ready",
+    "Reset",
+    "StatusQuery",
+    "StatusReply",
+    "Submit",
+    "Tokens",
+    "decode",
+]

@@ -1,0 +1,66 @@
+"""The contract every backend implements; the runtime (workers/runtime.py) does the rest."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from protocol.job import PARAMS, Job
+from workers.spec import ProviderSpec
+
+
+@dataclass(slots=True)
+class TextDelta:
+    """Generated text, in order. May hold part of a token or several tokens."""
+
+    text: str
+
+
+@dataclass(slots=True)
+class Finish:
+    """The last event of a successful generation."""
+
+    reason: str | None = None  # stop, length, tool_calls, content_filter...
+    usage: dict[str, Any] = field(default_factory=dict)  # prompt_tokens, completion_tokens, cost
+    model: str | None = None  # the model the provider says it used
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. tool_calls
+
+
+StreamEvent = TextDelta | Finish
+
+ALL_FEATURES = frozenset(PARAMS) | {"vision"}
+
+
+class Backend(ABC):
+    """One provider's own part: turn a job into its request and its stream into events.
+
+    Failures are raised as protocol.errors.ProviderError with a category; anything else
+    escaping `generate` is reported by the runtime as a server_error.
+    """
+
+    kind: ClassVar[str]
+    # Canonical parameters and content features this provider honours (see protocol.job).
+    features: ClassVar[frozenset[str]] = ALL_FEATURES
+
+    def __init__(self, spec: ProviderSpec) -> None:
+        self.spec = spec
+
+    async def start(self) -> None:
+        """Open pooled clients, start local servers. Called once before any job."""
+
+    async def close(self) -> None:
+        """Release everything `start` acquired."""
+
+    def info(self) -> dict[str, Any]:
+        """Static facts sent at registration (context window, modalities...)."""
+        return {}
+
+    def stats(self) -> dict[str, Any]:
+        """Extra periodic figures for the heartbeat (e.g. a child server's RSS)."""
+        return {}
+
+    @abstractmethod
+    def generate(self, job: Job, model: str, attempt: int) -> AsyncIterator[StreamEvent]:
+        """Yield TextDelta events then exactly one Finish, or raise ProviderError."""
