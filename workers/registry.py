@@ -8,6 +8,11 @@ from workers.backend import Backend
 
 KINDS: dict[str, str] = {
     "mock": "workers.providers.mock:MockBackend",
+    "llamacpp": "workers.providers.llamacpp:LlamaCppBackend",
+    "openai": "workers.providers.openai:OpenAIBackend",
+    "anthropic": "workers.providers.anthropic:AnthropicBackend",
+    "openrouter": "workers.providers.openrouter:OpenRouterBackend",
+    "ollama": "workers.providers.ollama:OllamaBackend",
 }
 
 

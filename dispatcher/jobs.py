@@ -1,0 +1,62 @@
+"""Broker-side state of one job and of one connected worker."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from dispatcher.routing import Candidate
+from protocol.job import Job
+
+
+@dataclass(slots=True, eq=False)
+class WorkerState:
+    identity: bytes
+    provider: str
+    kind: str
+    models: list[str]
+    capacity: int
+    pid: int
+    features: frozenset[str]
+    info: dict[str, Any]
+    last_seen: float
+    jobs: dict[str, JobState] = field(default_factory=dict)  # job id -> job running here
+    stats: dict[str, Any] = field(default_factory=dict)
+    draining: bool = False
+
+    @property
+    def free(self) -> int:
+        return 0 if self.draining else self.capacity - len(self.jobs)
+
+    @property
+    def label(self) -> str:
+        return self.identity.decode(errors="replace")
+
+
+@dataclass(slots=True, eq=False)
+class JobState:
+    job: Job
+    client: bytes  # routing id of the client socket that submitted (or resubmitted) it
+    candidates: list[Candidate]
+    skipped: list[dict[str, str]]
+    deadline: float
+    attempt: int = 0  # number of the latest dispatched attempt
+    trail: list[dict[str, Any]] = field(default_factory=list)
+    worker: WorkerState | None = None
+    candidate: Candidate | None = None
+    frames: int = 0  # token frames relayed for the current attempt
+    client_has_tokens: bool = False  # the caller holds output that a retry would void
+    excluded: set[str] = field(default_factory=set)  # providers that must not be tried again
+    avoid_until: dict[str, float] = field(default_factory=dict)  # provider -> retry time
+    last_error: dict[str, Any] | None = None
+    submitted: float = field(default_factory=time.monotonic)
+    dispatched_at: float = 0.0
+    first_token_at: float | None = None
+    est_tokens: float = 0.0
+    queued: bool = False
+    finished: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.job.id

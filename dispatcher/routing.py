@@ -1,0 +1,66 @@
+"""Turn a job's model or route into its ordered fallback chain, removing what cannot run it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dispatcher.config import Config
+from protocol.errors import ErrorCategory, ProviderError
+from protocol.job import Job
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    provider: str
+    model: str
+
+    def __str__(self) -> str:
+        return f"{self.provider}:{self.model}"
+
+
+def _chain(job: Job, config: Config) -> list[Candidate]:
+    if job.route is not None:
+        names = config.routes.get(job.route)
+        if names is None:
+            raise ProviderError(
+                ErrorCategory.INVALID_REQUEST,
+                f"unknown route {job.route!r}; known: {sorted(config.routes)}",
+            )
+        return [Candidate(*name.split(":", 1)) for name in names]
+    assert job.model is not None
+    provider, sep, model = job.model.partition(":")
+    if sep and provider in config.providers:
+        return [Candidate(provider, model)]
+    serving = [
+        Candidate(name, job.model)
+        for name, spec in config.providers.items()
+        if job.model in spec.models
+    ]
+    if not serving:
+        raise ProviderError(
+            ErrorCategory.NOT_FOUND,
+            f"no provider serves model {job.model!r}; use 'provider:model' or a route "
+            f"(providers: {sorted(config.providers)})",
+        )
+    return serving
+
+
+def resolve(
+    job: Job, config: Config, features_of: Callable[[str], frozenset[str]]
+) -> tuple[list[Candidate], list[dict[str, str]]]:
+    """The candidates able to honour every parameter and content type, and those removed."""
+    candidates: list[Candidate] = []
+    skipped: list[dict[str, str]] = []
+    needed = job.required_features()
+    for candidate in _chain(job, config):
+        missing = needed - features_of(candidate.provider)
+        if missing:
+            reason = f"{candidate.provider} cannot honour {', '.join(sorted(missing))}"
+            skipped.append({"candidate": str(candidate), "reason": reason})
+        else:
+            candidates.append(candidate)
+    if not candidates:
+        reasons = "; ".join(s["reason"] for s in skipped)
+        raise ProviderError(ErrorCategory.UNSUPPORTED, f"no candidate can run this job: {reasons}")
+    return candidates, skipped

@@ -1,0 +1,166 @@
+"""Starts the local workers the config names and keeps them running.
+
+Each worker runs in its own process group, so stopping it also stops anything it started
+(e.g. llama-server). Restarts back off exponentially; a worker that keeps dying within
+`flap_window` is given up on (flapping guard) instead of burning CPU forever.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import psutil
+import structlog
+
+from workers.spec import ProviderSpec
+
+log = structlog.get_logger("llmrelay.supervisor")
+
+SPEC_ENV = "LLMRELAY_WORKER_SPEC"
+
+
+@dataclass(slots=True)
+class Managed:
+    spec: ProviderSpec
+    replica: int
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: list[float] = field(default_factory=list)
+    next_start: float = 0.0
+    backoff: float = 0.0
+    gave_up: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.spec.name}#{self.replica}"
+
+
+def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class Supervisor:
+    def __init__(
+        self,
+        specs: list[ProviderSpec],
+        endpoint: str,
+        *,
+        backoff: float = 0.5,
+        backoff_max: float = 30.0,
+        flap_restarts: int = 5,
+        flap_window: float = 60.0,
+        heartbeat_interval: float = 1.0,
+    ) -> None:
+        self.endpoint = endpoint
+        self.base_backoff = backoff
+        self.backoff_max = backoff_max
+        self.flap_restarts = flap_restarts
+        self.flap_window = flap_window
+        self.heartbeat_interval = heartbeat_interval
+        self.managed = [
+            Managed(spec, replica) for spec in specs if spec.spawn for replica in range(spec.replicas)
+        ]
+
+    def _start(self, item: Managed) -> None:
+        env = dict(os.environ)
+        env[SPEC_ENV] = json.dumps(asdict(item.spec))
+        argv = [
+            sys.executable,
+            "-m",
+            "dispatcher.cli",
+            "worker",
+            "--provider",
+            item.spec.name,
+            "--connect",
+            self.endpoint,
+            "--heartbeat-interval",
+            str(self.heartbeat_interval),
+        ]
+        item.proc = subprocess.Popen(argv, env=env, start_new_session=True)
+        log.info("worker_started", worker=item.label, provider=item.spec.name, pid=item.proc.pid)
+
+    def start_all(self) -> None:
+        for item in self.managed:
+            self._start(item)
+
+    def poll(self, now: float) -> None:
+        """Called from the broker loop: notice exits, restart with backoff, guard flapping."""
+        for item in self.managed:
+            if item.gave_up:
+                continue
+            if item.proc is not None:
+                code = item.proc.poll()
+                if code is None:
+                    continue
+                kill_group(item.proc.pid)  # whatever the worker started goes with it
+                log.warning("worker_exited", worker=item.label, pid=item.proc.pid, returncode=code)
+                item.proc = None
+                item.restarts = [t for t in item.restarts if now - t < self.flap_window]
+                if len(item.restarts) >= self.flap_restarts:
+                    item.gave_up = True
+                    log.error(
+                        "worker_flapping",
+                        worker=item.label,
+                        restarts=len(item.restarts),
+                        window=self.flap_window,
+                    )
+                    continue
+                item.backoff = (
+                    min(item.backoff * 2, self.backoff_max) if item.backoff else self.base_backoff
+                )
+                item.next_start = now + item.backoff
+            if now >= item.next_start:
+                item.restarts.append(now)
+                self._start(item)
+                log.info("worker_restarted", worker=item.label, backoff=item.backoff)
+
+    def mark_healthy(self, pid: int) -> None:
+        """A worker that registered is no longer in a crash loop: reset its backoff."""
+        for item in self.managed:
+            if item.proc is not None and item.proc.pid == pid:
+                item.backoff = 0.0
+
+    def kill(self, pid: int) -> bool:
+        """Kill a hung managed worker (and its group); poll() then restarts it."""
+        for item in self.managed:
+            if item.proc is not None and item.proc.pid == pid:
+                kill_group(pid)
+                return True
+        return False
+
+    def snapshot(self) -> list[dict[str, object]]:
+        return [
+            {
+                "worker": item.label,
+                "pid": item.proc.pid if item.proc else None,
+                "restarts": len(item.restarts),
+                "gave_up": item.gave_up,
+            }
+            for item in self.managed
+        ]
+
+    def stop_all(self, grace: float = 5.0) -> None:
+        procs = [item.proc for item in self.managed if item.proc is not None]
+        for proc in procs:
+            kill_group(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            kill_group(proc.pid)
+            try:
+                proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                psutil.Process(proc.pid).kill()
+        for item in self.managed:
+            item.proc = None

@@ -1,0 +1,411 @@
+"""The client stub applications import: `AsyncClient` (asyncio) and `Client` (blocking).
+
+Guarantees: the caller sees the frames of the current attempt in seq order, each once; a
+retry before any delivered token is invisible; after delivered tokens a `Reset` event comes
+first. The client heartbeats the broker; when it goes silent the client reconnects and
+resubmits its unfinished jobs by id (resubmission is idempotent on the broker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import zmq
+import zmq.asyncio
+
+from protocol import messages as m
+from protocol.errors import ErrorCategory, ProtocolViolation, ProviderError
+from protocol.job import Job, new_job_id
+from protocol.results import Done, Event, Reset, Result, Token
+from protocol.transport import SocketOptions, apply_client_curve, tune_socket
+
+DEFAULT_ENDPOINT = os.environ.get("LLMRELAY_ENDPOINT", "tcp://127.0.0.1:5555")
+T = TypeVar("T")
+JOB_OPTIONS = ("stream", "timeout", "on_partial", "priority", "max_attempts", "metadata")
+
+
+def build_job(
+    *,
+    model: str | None = None,
+    route: str | None = None,
+    messages: list[dict[str, Any]] | None = None,
+    prompt: str | None = None,
+    system: str | None = None,
+    job_id: str | None = None,
+    **kwargs: Any,
+) -> Job:
+    """Build and validate a job; job options and canonical parameters share the kwargs."""
+    if messages is None:
+        if prompt is None:
+            raise ProtocolViolation("give messages=[...] or prompt='...'")
+        messages = [{"role": "user", "content": prompt}]
+        if system is not None:
+            messages.insert(0, {"role": "system", "content": system})
+    options = {k: kwargs.pop(k) for k in JOB_OPTIONS if k in kwargs}
+    params = kwargs.pop("params", None) or {}
+    params.update(kwargs)  # the rest are canonical parameters; unknown ones are rejected
+    wire = {
+        "id": job_id or new_job_id(),
+        "messages": messages,
+        "model": model,
+        "route": route,
+        "params": params,
+        **options,
+    }
+    if model is None and route is None:
+        wire["route"] = "default"
+    return Job.from_wire(wire)
+
+
+@dataclass(slots=True)
+class _Pending:
+    job: Job
+    events: asyncio.Queue[Event | ProviderError] = field(default_factory=asyncio.Queue)
+    attempt: int = 0  # the attempt whose frames are being delivered
+    next_seq: int = 0
+    held: dict[int, str] = field(default_factory=dict)  # out-of-order frames waiting for a gap
+    parts: list[str] = field(default_factory=list)
+    resets: int = 0
+    finished: bool = False
+
+    def start_attempt(self, attempt: int, reason: str) -> None:
+        if self.parts:
+            self.resets += 1
+            self.events.put_nowait(Reset(reason=reason, attempt=attempt))
+        self.attempt, self.next_seq = attempt, 0
+        self.held.clear()
+        self.parts.clear()
+
+    def deliver(self, seq: int, text: str) -> None:
+        if seq < self.next_seq or seq in self.held:
+            return  # duplicate
+        self.held[seq] = text
+        while self.next_seq in self.held:
+            piece = self.held.pop(self.next_seq)
+            self.next_seq += 1
+            self.parts.append(piece)
+            self.events.put_nowait(Token(piece))
+
+    def end(self, item: Event | ProviderError) -> None:
+        self.finished = True
+        self.events.put_nowait(item)
+
+
+class AsyncClient:
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_ENDPOINT,
+        *,
+        heartbeat_interval: float = 1.0,
+        liveness: int = 5,
+        socket_options: SocketOptions | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.heartbeat_interval = heartbeat_interval
+        self.liveness = liveness
+        self.socket_options = socket_options or SocketOptions()
+        self.ctx = zmq.asyncio.Context.instance()
+        self.sock: zmq.asyncio.Socket | None = None
+        self.pending: dict[str, _Pending] = {}
+        self.status_waiters: list[asyncio.Future[dict[str, Any]]] = []
+        self.tasks: list[asyncio.Task[None]] = []
+        self.last_heard = 0.0
+        self.reconnects = 0
+        self._start_lock: asyncio.Lock | None = None
+
+    async def __aenter__(self) -> AsyncClient:
+        await self._ensure_started()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- connection ---------------------------------------------------------------------
+
+    async def _ensure_started(self) -> None:
+        if self.sock is not None:
+            return
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self.sock is None:
+                self._open()
+                self.tasks = [
+                    asyncio.create_task(self._receiver()),
+                    asyncio.create_task(self._heartbeat()),
+                ]
+
+    def _open(self) -> None:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, b"c-" + secrets.token_hex(6).encode())
+        tune_socket(sock, self.socket_options)
+        apply_client_curve(sock, self.socket_options)
+        sock.connect(self.endpoint)
+        self.sock = sock
+        self.last_heard = time.monotonic()
+
+    async def _reconnect(self) -> None:
+        """The broker went silent: new socket, then resubmit every unfinished job by id."""
+        self.reconnects += 1
+        assert self.sock is not None
+        self.sock.close(linger=0)
+        self._open()
+        for pending in list(self.pending.values()):
+            if not pending.finished:
+                await self._send_submit(pending)
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.tasks = []
+        if self.sock is not None:
+            self.sock.close(linger=0)
+            self.sock = None
+
+    async def _send(self, msg: m.Message) -> None:
+        await self._ensure_started()
+        assert self.sock is not None
+        await self.sock.send(msg.encode())
+
+    async def _send_submit(self, pending: _Pending) -> None:
+        await self._send(
+            m.Submit(job=pending.job, first_attempt=pending.attempt + 1, delivered=pending.next_seq)
+        )
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            silent = time.monotonic() - self.last_heard
+            if silent > self.heartbeat_interval * self.liveness and self.pending:
+                await self._reconnect()
+            else:
+                await self._send(m.Ping())
+
+    async def _receiver(self) -> None:
+        while True:
+            sock = self.sock
+            assert sock is not None
+            try:
+                if not await sock.poll(100):
+                    continue
+                frames = await sock.recv_multipart()
+            except zmq.ZMQError:
+                if sock is self.sock:
+                    raise
+                continue  # the socket was replaced by a reconnect
+            self.last_heard = time.monotonic()
+            try:
+                self._handle(frames)
+            except ProtocolViolation:
+                continue  # a garbled broker message: heartbeats and resubmission recover
+
+    def _handle(self, frames: list[bytes]) -> None:
+        msg = m.decode(frames[0])
+        if isinstance(msg, m.Tokens):
+            pending = self.pending.get(msg.job_id)
+            if pending is None or pending.finished or msg.attempt < pending.attempt:
+                return
+            if msg.attempt > pending.attempt:
+                pending.start_attempt(msg.attempt, "retried")
+            text = frames[1].decode("utf-8", "replace") if len(frames) > 1 else ""
+            pending.deliver(msg.seq, text)
+        elif isinstance(msg, m.Reset):
+            pending = self.pending.get(msg.job_id)
+            if pending is not None and msg.attempt > pending.attempt and not pending.finished:
+                pending.start_attempt(msg.attempt, msg.reason)
+        elif isinstance(msg, m.Done):
+            self._done(msg)
+        elif isinstance(msg, m.Failed):
+            pending = self.pending.get(msg.job_id)
+            if pending is not None and not pending.finished:
+                pending.end(ProviderError.from_wire(msg.error, job_id=msg.job_id))
+        elif isinstance(msg, m.StatusReply):
+            if self.status_waiters:
+                waiter = self.status_waiters.pop(0)
+                if not waiter.done():
+                    waiter.set_result(msg.status)
+        elif isinstance(msg, m.Error) and msg.job_id:
+            pending = self.pending.get(msg.job_id)
+            if pending is not None and not pending.finished:
+                pending.end(ProviderError(ErrorCategory.PROTOCOL, msg.message, job_id=msg.job_id))
+
+    def _done(self, msg: m.Done) -> None:
+        pending = self.pending.get(msg.job_id)
+        if pending is None or pending.finished:
+            return
+        if msg.attempt > pending.attempt:
+            pending.start_attempt(msg.attempt, "retried")
+        if pending.next_seq != msg.frames or pending.held:
+            # Frames were lost (e.g. across a reconnect): run the job again, visibly.
+            asyncio.get_running_loop().create_task(self._send_submit(pending))
+            return
+        result = Result.from_done(msg.job_id, "".join(pending.parts), msg.result, pending.resets)
+        pending.end(Done(result))
+
+    # --- public API ---------------------------------------------------------------------
+
+    async def submit_job(self, job: Job) -> AsyncIterator[Event]:
+        """Stream the events of one job; raises ProviderError when the job fails."""
+        pending = self.pending.get(job.id)
+        if pending is None or pending.finished:
+            pending = self.pending[job.id] = _Pending(job=job)
+        try:
+            await self._send_submit(pending)
+            while True:
+                item = await pending.events.get()
+                if isinstance(item, ProviderError):
+                    raise item
+                yield item
+                if isinstance(item, Done):
+                    return
+        finally:
+            if not pending.finished:  # the caller stopped listening: stop the work too
+                pending.finished = True
+                with contextlib.suppress(Exception):
+                    await self._send(m.Cancel(job_id=job.id))
+            self.pending.pop(job.id, None)
+
+    def stream(self, **kwargs: Any) -> AsyncIterator[Event]:
+        """Yield Token, Reset and finally Done events. Same arguments as `complete`."""
+        return self.submit_job(build_job(**kwargs))
+
+    async def complete(self, **kwargs: Any) -> Result:
+        """Run one job to the end: `complete(model="mock:echo", prompt="hi", max_tokens=20)`."""
+        return await self._collect(build_job(**kwargs))
+
+    async def _collect(self, job: Job) -> Result:
+        async for event in self.submit_job(job):
+            if isinstance(event, Done):
+                return event.result
+        raise ProviderError(ErrorCategory.PROTOCOL, "stream ended without a result", job_id=job.id)
+
+    async def map(
+        self,
+        jobs: Iterable[Mapping[str, Any]],
+        *,
+        concurrency: int = 64,
+        busy_retry: float = 0.5,
+    ) -> AsyncIterator[Result | ProviderError]:
+        """Run many jobs with at most `concurrency` in flight; yield each outcome as it ends.
+
+        Failures are yielded as ProviderError values (with job_id) so one bad prompt does not
+        stop a batch. A full broker (broker_busy) makes the batch wait, not fail.
+        """
+        source = iter(jobs)
+        running: set[asyncio.Task[Result | ProviderError]] = set()
+
+        async def one(spec: Mapping[str, Any]) -> Result | ProviderError:
+            job = build_job(**spec)
+            while True:
+                try:
+                    return await self._collect(job)
+                except ProviderError as exc:
+                    if exc.category is not ErrorCategory.BROKER_BUSY:
+                        exc.job_id = job.id
+                        return exc
+                    await asyncio.sleep(busy_retry)
+
+        def refill() -> None:
+            for spec in itertools.islice(source, concurrency - len(running)):
+                running.add(asyncio.create_task(one(spec)))
+
+        refill()
+        try:
+            while running:
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    running.discard(task)
+                    yield task.result()
+                refill()
+        finally:
+            for task in running:
+                task.cancel()
+
+    async def cancel(self, job_id: str) -> None:
+        await self._send(m.Cancel(job_id=job_id))
+
+    async def status(self, timeout: float = 5.0) -> dict[str, Any]:
+        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.status_waiters.append(waiter)
+        await self._send(m.StatusQuery())
+        try:
+            return await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            raise ProviderError(ErrorCategory.NETWORK, f"no status reply from {self.endpoint}")
+        finally:
+            if waiter in self.status_waiters:
+                self.status_waiters.remove(waiter)
+
+
+class Client:
+    """Blocking client: an AsyncClient driven by a private event loop thread."""
+
+    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, **kwargs: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._async = self._call(self._make(endpoint, kwargs))
+
+    @staticmethod
+    async def _make(endpoint: str, kwargs: dict[str, Any]) -> AsyncClient:
+        return AsyncClient(endpoint, **kwargs)
+
+    def _call(self, coro: Any) -> Any:
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return future.result()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._loop.is_running():
+            self._call(self._async.close())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+
+    def _iterate(self, agen: AsyncIterator[T]) -> Iterator[T]:
+        try:
+            while True:
+                try:
+                    yield self._call(agen.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            if self._loop.is_running():
+                self._call(agen.aclose())  # type: ignore[attr-defined]
+
+    def complete(self, **kwargs: Any) -> Result:
+        result: Result = self._call(self._async.complete(**kwargs))
+        return result
+
+    def stream(self, **kwargs: Any) -> Iterator[Event]:
+        job = build_job(**kwargs)  # validate in the caller's thread, before anything is sent
+        return self._iterate(self._async.submit_job(job))
+
+    def map(
+        self, jobs: Iterable[Mapping[str, Any]], *, concurrency: int = 64
+    ) -> Iterator[Result | ProviderError]:
+        return self._iterate(self._async.map(jobs, concurrency=concurrency))
+
+    def cancel(self, job_id: str) -> None:
+        self._call(self._async.cancel(job_id))
+
+    def status(self, timeout: float = 5.0) -> dict[str, Any]:
+        status: dict[str, Any] = self._call(self._async.status(timeout))
+        return status

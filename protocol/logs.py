@@ -1,0 +1,28 @@
+"""structlog set-up shared by the broker, the workers and the CLI: JSON lines on stderr."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import structlog
+
+
+def configure(level: str | None = None, *, component: str | None = None) -> None:
+    """Configure once per process (cached loggers cannot cross process boundaries)."""
+    name = (level or os.environ.get("LLMRELAY_LOG_LEVEL") or "info").upper()
+    structlog.configure(
+        cache_logger_on_first_use=True,
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, name, logging.INFO)),
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.dict_tracebacks,
+            structlog.processors.JSONRenderer(),
+        ],
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
+    )
+    if component:
+        structlog.contextvars.bind_contextvars(component=component, pid=os.getpid())

@@ -1,0 +1,62 @@
+"""What a caller gets back: the final Result and the events of a stream."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class Result:
+    job_id: str
+    text: str
+    provider: str | None = None
+    model: str | None = None
+    finish_reason: str | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # one entry per attempt
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # candidates removed, and why
+    latency: float | None = None  # seconds from submit to done, measured by the broker
+    ttft: float | None = None  # seconds from submit to the first token
+    resets: int = 0  # times delivered output was voided by a retry
+    raw: dict[str, Any] = field(default_factory=dict)  # the broker's full result map
+
+    @classmethod
+    def from_done(cls, job_id: str, text: str, result: dict[str, Any], resets: int) -> Result:
+        return cls(
+            job_id=job_id,
+            text=text,
+            provider=result.get("provider"),
+            model=result.get("model"),
+            finish_reason=result.get("finish_reason"),
+            usage=result.get("usage") or {},
+            attempts=result.get("attempts") or [],
+            skipped=result.get("skipped") or [],
+            latency=result.get("latency"),
+            ttft=result.get("ttft"),
+            resets=resets,
+            raw=result,
+        )
+
+
+@dataclass(slots=True)
+class Token:
+    """Text of the current attempt, in order, each piece delivered once."""
+
+    text: str
+
+
+@dataclass(slots=True)
+class Reset:
+    """Text delivered so far is void: a new attempt starts from scratch."""
+
+    reason: str
+    attempt: int
+
+
+@dataclass(slots=True)
+class Done:
+    result: Result
+
+
+Event = Token | Reset | Done

@@ -1,0 +1,57 @@
+"""ZeroMQ socket settings shared by every process: limits, timeouts and optional CURVE."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import zmq
+
+from protocol.messages import MAX_MESSAGE_BYTES
+
+
+@dataclass(slots=True)
+class SocketOptions:
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    sndhwm: int = 100_000
+    rcvhwm: int = 100_000
+    # CURVE: the broker holds the server pair; clients and workers need its public key.
+    server_public_key: str | None = None
+    server_secret_key: str | None = None
+    client_public_key: str | None = None
+    client_secret_key: str | None = None
+
+    @property
+    def curve(self) -> bool:
+        return self.server_public_key is not None
+
+
+def tune_socket(sock: zmq.Socket[bytes], opts: SocketOptions) -> None:
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, opts.max_message_bytes)
+    sock.setsockopt(zmq.SNDHWM, opts.sndhwm)
+    sock.setsockopt(zmq.RCVHWM, opts.rcvhwm)
+    sock.setsockopt(zmq.RECONNECT_IVL, 100)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+
+
+def apply_client_curve(sock: zmq.Socket[bytes], opts: SocketOptions) -> None:
+    """Client or worker side: authenticate to a CURVE broker (ephemeral keys if none given)."""
+    if not opts.curve:
+        return
+    public, secret = opts.client_public_key, opts.client_secret_key
+    if public is None or secret is None:
+        pub_bytes, sec_bytes = zmq.curve_keypair()
+        public, secret = pub_bytes.decode(), sec_bytes.decode()
+    sock.curve_publickey = public.encode()
+    sock.curve_secretkey = secret.encode()
+    sock.curve_serverkey = opts.server_public_key.encode()  # type: ignore[union-attr]
+
+
+def apply_server_curve(sock: zmq.Socket[bytes], opts: SocketOptions) -> None:
+    """Broker side: must run before bind."""
+    if not opts.curve:
+        return
+    sock.curve_secretkey = opts.server_secret_key.encode()  # type: ignore[union-attr]
+    sock.curve_publickey = opts.server_public_key.encode()  # type: ignore[union-attr]
+    sock.curve_server = True

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import BrokerProcess
+
+
+@pytest.fixture
+def broker_factory(tmp_path: Path) -> Iterator[Callable[..., BrokerProcess]]:
+    """Start brokers with given providers; all of them (and their workers) die at teardown."""
+    started: list[BrokerProcess] = []
+
+    def make(providers: dict[str, dict[str, Any]], routes: dict[str, list[str]] | None = None,
+             start: bool = True, **broker: Any) -> BrokerProcess:
+        folder = tmp_path / f"broker{len(started)}"
+        folder.mkdir()
+        process = BrokerProcess(folder, providers, routes, **broker)
+        started.append(process)
+        if start:
+            process.start()
+        return process
+
+    yield make
+    for process in started:
+        process.stop()

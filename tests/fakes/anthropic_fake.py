@@ -1,0 +1,101 @@
+"""Fake Anthropic Messages API (`POST /v1/messages`): `event:` + `data:` SSE, pings, errors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tests.fakes.server import FakeServer, Piece, Reply, Request, Response, json_response, token_pieces
+
+PING = b'event: ping\ndata: {"type": "ping"}\n\n'
+OVERLOADED = {"type": "overloaded_error", "message": "Overloaded"}
+
+
+def event(name: str, data: dict[str, Any]) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def error_body(kind: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": kind, "message": message}, "request_id": "req_fake"}
+
+
+class AnthropicFake:
+    def __init__(self, api_key: str | None = None) -> None:
+        self.api_key = api_key
+
+    def __call__(self, request: Request, reply: Reply) -> Response:
+        if request.method != "POST" or request.path.split("?")[0] != "/v1/messages":
+            return json_response(404, error_body("not_found_error", "Not found"))
+        if "anthropic-version" not in request.headers:
+            return json_response(
+                400, error_body("invalid_request_error", "anthropic-version: header is required")
+            )
+        # The SDK may authenticate with x-api-key or with a bearer token: accept both.
+        given = request.headers.get("x-api-key") or request.headers.get(
+            "authorization", ""
+        ).removeprefix("Bearer ")
+        if self.api_key and given != self.api_key:
+            return json_response(401, error_body("authentication_error", "invalid x-api-key"))
+        if reply.status != 200:
+            return json_response(reply.status, reply.body, reply.headers)
+        body = request.json() or {}
+        model = reply.model or body.get("model", "claude-test")
+        headers = {"request-id": "req_fake", **reply.headers}
+        if body.get("stream"):
+            pieces = reply.raw if reply.raw is not None else self.stream(reply, model)
+            return Response(200, {"Content-Type": "text/event-stream", **headers}, pieces=pieces)
+        return json_response(200, self.message(reply, model), headers)
+
+    def stream(self, reply: Reply, model: str) -> list[Piece]:
+        start = self.message(reply, model, streaming=True)
+        pieces: list[Piece] = [
+            event("message_start", {"type": "message_start", "message": start}),
+            event(
+                "content_block_start",
+                {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            ),
+            PING,
+        ]
+        pieces += token_pieces(
+            reply,
+            lambda text: event(
+                "content_block_delta",
+                {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}},
+            ),
+            PING,
+            lambda: event("error", {"type": "error", "error": reply.error or OVERLOADED}),
+        )
+        if reply.error_after is not None or not isinstance(pieces[-1], bytes):
+            return pieces
+        pieces += [
+            event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": reply.finish_reason, "stop_sequence": None},
+                    "usage": {"output_tokens": reply.completion},
+                },
+            ),
+            event("message_stop", {"type": "message_stop"}),
+        ]
+        return pieces
+
+    def message(self, reply: Reply, model: str, streaming: bool = False) -> dict[str, Any]:
+        return {
+            "id": "msg_fake",
+            "type": "message",
+            "role": "assistant",
+            "content": [] if streaming else [{"type": "text", "text": "".join(reply.tokens)}],
+            "model": model,
+            "stop_reason": None if streaming else reply.finish_reason,
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": reply.prompt_tokens,
+                "output_tokens": 1 if streaming else reply.completion,
+            },
+        }
+
+
+def anthropic_server(api_key: str | None = None) -> FakeServer:
+    return FakeServer(AnthropicFake(api_key))

@@ -1,0 +1,333 @@
+"""The shared HTTP backend: one pooled client, one decode loop, one error path.
+
+A provider module supplies only its own parts (request body, event mapping, error table);
+everything about connections, timeouts, decoding, cancellation and key hygiene lives here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from abc import abstractmethod
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing, suppress
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import httpx
+
+from protocol.errors import ErrorCategory, ProviderError
+from protocol.job import Job
+from workers.backend import Backend, Finish, StreamEvent, TextDelta
+from workers.classify import MAX_MESSAGE, ErrorTable, classify, scrubbed
+from workers.decode import Event, Framing, StreamDecodeError, make_decoder
+from workers.spec import ProviderSpec
+
+# Defaults for spec.options; all in seconds.
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 120.0  # idle time between bytes; a local model may think long before a token
+WRITE_TIMEOUT = 30.0
+TOTAL_TIMEOUT = 600.0
+DRAIN_GRACE = 2.0  # after the terminator, wait this long for the body's end to reuse the socket
+MAX_BODY = 32 << 20  # a non-streamed response body larger than this is refused
+MAX_ERROR_BODY = 64 << 10  # only this much of an error body is read
+
+
+class Malformed(ValueError):
+    """The provider sent something that does not follow its own wire format."""
+
+
+@dataclass(slots=True, frozen=True)
+class ErrorInfo:
+    """What a provider's error body says, in its own words."""
+
+    message: str
+    codes: tuple[str | int | None, ...] = ()
+    status: int | None = None  # when the body carries the HTTP status (OpenRouter mid-stream)
+
+
+class StreamError(Exception):
+    """An error the provider reported inside a 200 response (mid-stream or in the body)."""
+
+    def __init__(self, info: ErrorInfo) -> None:
+        super().__init__(info.message)
+        self.info = info
+
+
+class StreamMapper:
+    """Per-request state that turns decoded events into text; one per provider."""
+
+    done = False  # the provider's terminator was seen
+
+    @abstractmethod
+    def on_event(self, event: Event) -> list[TextDelta]:
+        """Text in this event; raise StreamError for an error event, Malformed for junk."""
+
+    @abstractmethod
+    def finish(self) -> Finish:
+        """The Finish at end of stream; raise Malformed if the stream was cut short."""
+
+
+def load_json(data: str | bytes) -> Any:
+    try:
+        return json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise Malformed(f"invalid JSON ({exc.msg} at char {exc.pos})") from None
+    except ValueError as exc:  # bytes that are not UTF-8
+        raise Malformed(f"invalid JSON ({exc})") from None
+
+
+def usage(prompt: Any, completion: Any, cost: Any = None) -> dict[str, Any]:
+    """The normalized usage every backend reports."""
+    p = int(prompt or 0)
+    c = int(completion or 0)
+    out: dict[str, Any] = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+    if cost is not None:
+        out["cost"] = float(cost)
+    return out
+
+
+def unsupported(provider: str, what: str) -> ProviderError:
+    """A job asks for something this provider cannot express: fail over, never drop it."""
+    return ProviderError(ErrorCategory.UNSUPPORTED, what, provider=provider)
+
+
+def _network_error(
+    provider: str, exc: httpx.TransportError, timeouts: httpx.Timeout
+) -> ProviderError:
+    if isinstance(exc, httpx.ConnectTimeout):
+        what = f"connect timeout after {timeouts.connect}s"
+    elif isinstance(exc, httpx.ReadTimeout):
+        what = f"read timeout: no data for {timeouts.read}s"
+    elif isinstance(exc, httpx.WriteTimeout):
+        what = f"write timeout after {timeouts.write}s"
+    elif isinstance(exc, httpx.PoolTimeout):
+        what = "timed out waiting for a pooled connection"
+    elif isinstance(exc, httpx.ConnectError):
+        what = "connection failed"
+    elif isinstance(exc, httpx.RemoteProtocolError):
+        what = "connection closed or broken by the server"
+    else:
+        what = "connection error"
+    detail = str(exc).strip()
+    message = f"{what} ({type(exc).__name__}: {detail})" if detail else what
+    return ProviderError(ErrorCategory.NETWORK, message, provider=provider)
+
+
+class HttpBackend(Backend):
+    """A Backend that talks HTTP to one provider through one keep-alive connection pool."""
+
+    framing: ClassVar[Framing] = "sse"
+    path: ClassVar[str]  # request path, relative to the base URL
+    default_base_url: ClassVar[str]
+    api_key_env: ClassVar[str | None] = None  # where the key comes from by default
+    key_required: ClassVar[bool] = True
+    errors: ClassVar[ErrorTable] = ErrorTable()
+
+    def __init__(self, spec: ProviderSpec) -> None:
+        super().__init__(spec)
+        opts = spec.options
+        self.base_url = str(opts.get("base_url") or self.default_base_url).rstrip("/")
+        self._key = self._resolve_key(opts)
+        self.timeouts = httpx.Timeout(
+            connect=float(opts.get("connect_timeout", CONNECT_TIMEOUT)),
+            read=float(opts.get("read_timeout", READ_TIMEOUT)),
+            write=float(opts.get("write_timeout", WRITE_TIMEOUT)),
+            pool=float(opts.get("total_timeout", TOTAL_TIMEOUT)),
+        )
+        self.total_timeout = float(opts.get("total_timeout", TOTAL_TIMEOUT))
+        self.drain_grace = float(opts.get("drain_grace", DRAIN_GRACE))
+        self._client: httpx.AsyncClient | None = None
+
+    def _resolve_key(self, opts: Mapping[str, Any]) -> str | None:
+        if opts.get("api_key"):
+            return str(opts["api_key"])
+        env = opts.get("api_key_env") or self.api_key_env
+        if not env:
+            return None
+        return os.environ.get(str(env)) or None
+
+    # -- provider hooks ---------------------------------------------------------------------
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"}
+
+    def extra_headers(self) -> dict[str, str]:
+        return {}
+
+    @abstractmethod
+    def build_body(self, job: Job, model: str) -> dict[str, Any]:
+        """The provider's request body; raise `unsupported(...)` rather than drop anything."""
+
+    @abstractmethod
+    def stream_mapper(self, job: Job) -> StreamMapper: ...
+
+    @abstractmethod
+    def parse_body(self, body: Any) -> tuple[str, Finish]:
+        """Text and Finish from a non-streamed response; StreamError/Malformed as above."""
+
+    @abstractmethod
+    def error_info(self, body: Any) -> ErrorInfo | None:
+        """Read the provider's error body (already JSON-decoded); None if it is not one."""
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        headers = {"User-Agent": "llmrelay/0.1", **self.extra_headers()}
+        if self._key:
+            headers.update(self.auth_headers(self._key))
+        capacity = max(1, self.spec.capacity)
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=self.timeouts,
+            limits=httpx.Limits(max_connections=capacity, max_keepalive_connections=capacity),
+            follow_redirects=False,
+            trust_env=bool(self.spec.options.get("trust_env", True)),
+        )
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    # -- one job ----------------------------------------------------------------------------
+
+    async def generate(self, job: Job, model: str, attempt: int) -> AsyncIterator[StreamEvent]:
+        try:
+            async for event in self._generate(job, model):
+                yield event
+        except ProviderError as exc:
+            # `from None`: a chained httpx error carries the request, headers included.
+            raise scrubbed(exc, [self._key or ""]) from None
+
+    async def _generate(self, job: Job, model: str) -> AsyncIterator[StreamEvent]:
+        client = self._client
+        if client is None:
+            raise RuntimeError("HttpBackend.start() was not called")
+        if self.key_required and not self._key:
+            env = self.spec.options.get("api_key_env") or self.api_key_env
+            raise ProviderError(
+                ErrorCategory.AUTH,
+                f"no API key configured (set {env} or options.api_key)",
+                provider=self.spec.name,
+            )
+        request = client.build_request("POST", self.path, json=self.build_body(job, model))
+        if self.framing == "sse" and job.stream:
+            request.headers["Accept"] = "text/event-stream"
+        deadline = asyncio.get_running_loop().time() + self.total_timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                response = await client.send(request, stream=True)
+            try:
+                if not response.is_success:
+                    raise await self._status_error(response, deadline)
+                events = (
+                    self._stream(job, response, deadline)
+                    if job.stream
+                    else self._whole(response, deadline)
+                )
+                async with aclosing(events):
+                    async for event in events:
+                        yield event
+            finally:
+                # Runs on success, error, cancel and aclose(): the socket never leaks.
+                await response.aclose()
+        except httpx.TransportError as exc:
+            raise _network_error(self.spec.name, exc, self.timeouts) from None
+        except httpx.DecodingError as exc:
+            raise self._protocol(f"undecodable response body: {exc}") from None
+        except (Malformed, StreamDecodeError) as exc:
+            raise self._protocol(str(exc)) from None
+        except StreamError as exc:
+            raise self._classify(exc.info, status=exc.info.status) from None
+        except TimeoutError:
+            raise ProviderError(
+                ErrorCategory.NETWORK,
+                f"request exceeded the total timeout of {self.total_timeout}s",
+                provider=self.spec.name,
+            ) from None
+
+    async def _stream(
+        self, job: Job, response: httpx.Response, deadline: float
+    ) -> AsyncGenerator[StreamEvent, None]:
+        decoder = make_decoder(self.framing)
+        mapper = self.stream_mapper(job)
+        chunks = response.aiter_bytes()
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    chunk = await anext(chunks)
+                events = decoder.feed(chunk)
+            except StopAsyncIteration:
+                events = decoder.close()
+                chunk = b""
+            except (TimeoutError, httpx.TransportError):
+                if mapper.done:  # the body's tail never came; the answer is complete anyway
+                    break
+                raise
+            for event in events:
+                if not mapper.done:
+                    for delta in mapper.on_event(event):
+                        yield delta
+            if not chunk:
+                break
+            if mapper.done:
+                # Read on to the end of the body so the connection can be reused, briefly.
+                deadline = min(deadline, loop.time() + self.drain_grace)
+        yield mapper.finish()
+
+    async def _whole(
+        self, response: httpx.Response, deadline: float
+    ) -> AsyncGenerator[StreamEvent, None]:
+        body = load_json(await self._read(response, deadline, MAX_BODY, strict=True))
+        text, finish = self.parse_body(body)
+        if text:
+            yield TextDelta(text)
+        yield finish
+
+    async def _read(
+        self, response: httpx.Response, deadline: float, limit: int, *, strict: bool
+    ) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        async with asyncio.timeout_at(deadline):
+            async for chunk in response.aiter_bytes():
+                parts.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    if strict:
+                        raise Malformed(f"response body larger than {limit} bytes")
+                    break
+        return b"".join(parts)
+
+    async def _status_error(self, response: httpx.Response, deadline: float) -> ProviderError:
+        raw = await self._read(response, deadline, MAX_ERROR_BODY, strict=False)
+        info: ErrorInfo | None = None
+        with suppress(ValueError, TypeError, AttributeError):
+            info = self.error_info(json.loads(raw))
+        if info is None:  # not the provider's JSON (a proxy's HTML page, an empty body...)
+            text = raw.decode("utf-8", "replace").strip()[:MAX_MESSAGE]
+            info = ErrorInfo(text or response.reason_phrase)
+        return self._classify(info, status=response.status_code, headers=response.headers)
+
+    def _classify(
+        self,
+        info: ErrorInfo,
+        *,
+        status: int | None,
+        headers: Mapping[str, str] | None = None,
+    ) -> ProviderError:
+        return classify(
+            self.spec.name,
+            self.errors,
+            status=status,
+            headers=headers,
+            codes=info.codes,
+            message=info.message,
+        )
+
+    def _protocol(self, message: str) -> ProviderError:
+        return ProviderError(ErrorCategory.PROTOCOL, message, provider=self.spec.name)

@@ -1,0 +1,205 @@
+"""llama.cpp: a worker that owns a supervised llama-server and talks to it like OpenAI.
+
+Request mapping, SSE decoding and error classification are the OpenAI-compatible backend's;
+this module adds the local server (workers.llamacpp.server), llama.cpp's extra sampling
+parameters, token counting via /tokenize and the server's own facts from /props.
+
+Options (spec.options): model_path (required), binary, ctx_size, n_gpu_layers, extra_args,
+load_timeout, health_interval, health_timeout, health_failures, restart_backoff,
+restart_backoff_max, max_restarts, restart_window, stop_timeout, ready_wait (seconds a job
+waits for a restarting server), enable_tools (only for models whose chat template supports
+tools; needs --jinja, llama-server's default), plus the OpenAI backend's timeouts.
+spec.capacity is llama-server's --parallel (one slot per concurrent job).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing
+from typing import Any, ClassVar, cast
+
+import httpx
+
+from protocol.errors import ErrorCategory, ProviderError
+from protocol.job import Job
+from workers.backend import StreamEvent
+from workers.http import unsupported
+from workers.llamacpp.binary import BinaryNotFound, find_llama_server
+from workers.llamacpp.server import LlamaServer, ServerConfig, ServerFailed
+from workers.providers.openai import PASSTHROUGH, OpenAIBackend
+from workers.spec import ProviderSpec
+
+# llama-server takes OpenAI's names plus its own sampling extras under the canonical names.
+LLAMA_PASSTHROUGH: dict[str, str] = {
+    **{k: v for k, v in PASSTHROUGH.items() if k not in ("tools", "tool_choice")},
+    "top_k": "top_k",
+    "repeat_penalty": "repeat_penalty",
+}
+TOOLS = {"tools": "tools", "tool_choice": "tool_choice"}
+READY_WAIT = 30.0
+
+
+class LlamaCppBackend(OpenAIBackend):
+    kind = "llamacpp"
+    default_base_url = "http://127.0.0.1"  # replaced by the server's URL in start()
+    api_key_env: ClassVar[str | None] = None  # the key is generated per server, never configured
+    passthrough: ClassVar[Mapping[str, str]] = LLAMA_PASSTHROUGH
+    # Verified against llama-server: each of these changes the request it runs (see tests).
+    # Tools are opt-in (enable_tools): with a template that lacks them they are ignored.
+    features = frozenset(LLAMA_PASSTHROUGH) | {"max_tokens", "stop"}
+    max_tokens_field = "max_tokens"
+    max_stop = None
+
+    def __init__(self, spec: ProviderSpec) -> None:
+        super().__init__(spec)
+        self.server: LlamaServer | None = None
+        self.props: dict[str, Any] = {}
+        self.auth_enforced: bool | None = None
+        self.ready_wait = float(spec.options.get("ready_wait", READY_WAIT))
+        self.tools_enabled = bool(spec.options.get("enable_tools"))
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        opts = self.spec.options
+        try:
+            binary = find_llama_server(opts)
+            config = ServerConfig.from_options(binary, opts, self.spec.capacity)
+        except BinaryNotFound as exc:
+            raise self._error(ErrorCategory.NOT_FOUND, str(exc), retryable=False) from None
+        except (ValueError, TypeError) as exc:
+            raise self._error(ErrorCategory.INVALID_REQUEST, str(exc), retryable=False) from None
+        self.server = LlamaServer(config, name=self.spec.name)
+        try:
+            await self.server.start()
+        except ServerFailed as exc:
+            category = ErrorCategory.NOT_FOUND if exc.missing_model else ErrorCategory.SERVER_ERROR
+            raise self._error(category, str(exc), retryable=False) from None
+        self.base_url = f"{self.server.base_url}/v1"
+        self._key = self.server.api_key
+        await super().start()
+        await self._learn_server()
+
+    async def close(self) -> None:
+        await super().close()
+        if self.server is not None:
+            await self.server.close()
+
+    async def _learn_server(self) -> None:
+        """Context window, modalities and slots from /props; check the key is enforced."""
+        assert self._client is not None and self.server is not None
+        root = self.server.base_url
+        resp = await self._client.get(f"{root}/props")
+        resp.raise_for_status()
+        props = resp.json()
+        self.props = props if isinstance(props, dict) else {}
+        # The key travels by environment (LLAMA_API_KEY); an old build might not read it.
+        async with httpx.AsyncClient(timeout=5.0) as anonymous:
+            self.auth_enforced = (await anonymous.get(f"{root}/props")).status_code == 401
+        if not self.auth_enforced:
+            self.server.log.error("llama_server_auth_not_enforced")
+        features = set(type(self).features) | (set(TOOLS) if self.tools_enabled else set())
+        if self.modalities().get("vision"):
+            features.add("vision")
+        # Features depend on this server's model; the class default stays conservative.
+        # (Backend.features is a ClassVar; an instance attribute shadows it at runtime.)
+        self.__dict__["features"] = frozenset(features)
+
+    # --- facts and figures ----------------------------------------------------------------
+
+    def modalities(self) -> dict[str, bool]:
+        raw = self.props.get("modalities")
+        return {str(k): bool(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+
+    def context_window(self) -> int | None:
+        settings = self.props.get("default_generation_settings")
+        n_ctx = settings.get("n_ctx") if isinstance(settings, dict) else None
+        return n_ctx if isinstance(n_ctx, int) else None
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "context_window": self.context_window(),  # per slot: what one job can use
+            "modalities": self.modalities(),
+            "total_slots": self.props.get("total_slots"),
+            "build_info": self.props.get("build_info"),
+            "model_path": self.props.get("model_path"),
+            "auth_enforced": self.auth_enforced,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        return self.server.stats() if self.server is not None else {}
+
+    # --- token counting -------------------------------------------------------------------
+
+    async def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        body = {"content": text, "add_special": special, "parse_special": special}
+        data = await self._post_json("/tokenize", body)
+        tokens = data.get("tokens")
+        if not isinstance(tokens, list):
+            raise self._error(ErrorCategory.PROTOCOL, "/tokenize returned no token list")
+        return [int(t) for t in tokens]
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        data = await self._post_json("/detokenize", {"tokens": tokens})
+        return str(data.get("content", ""))
+
+    async def count_tokens(self, job: Job) -> int:
+        """Prompt tokens exactly as llama-server will see them (chat template applied)."""
+        data = await self._post_json("/apply-template", {"messages": job.messages})
+        return len(await self.tokenize(str(data.get("prompt", "")), special=True))
+
+    async def _post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        await self._ensure_ready()
+        assert self._client is not None and self.server is not None
+        try:
+            resp = await self._client.post(f"{self.server.base_url}{path}", json=body)
+        except httpx.TransportError as exc:
+            raise self._error(ErrorCategory.NETWORK, f"{path}: {type(exc).__name__}") from None
+        if not resp.is_success:
+            raise self._error(ErrorCategory.SERVER_ERROR, f"{path}: HTTP {resp.status_code}")
+        data = resp.json()
+        return data if isinstance(data, dict) else {}
+
+    # --- generation -----------------------------------------------------------------------
+
+    def build_body(self, job: Job, model: str) -> dict[str, Any]:
+        # The broker only sends what `features` lists; this guards against a quiet drop anyway.
+        missing = sorted(job.required_features() - self.features)
+        if missing:
+            raise unsupported(self.spec.name, f"llama-server here cannot honour: {missing}")
+        body = super().build_body(job, model)
+        body.update({name: job.params[name] for name in TOOLS if name in job.params})
+        return body
+
+    async def _ensure_ready(self) -> None:
+        server = self.server
+        if server is None or self._client is None:
+            raise RuntimeError("LlamaCppBackend.start() was not called")
+        try:
+            await server.wait_ready(self.ready_wait)
+        except ServerFailed as exc:
+            # Retryable: the broker tries again later or fails over to another provider.
+            raise self._error(ErrorCategory.SERVER_ERROR, str(exc).splitlines()[0]) from None
+
+    async def generate(self, job: Job, model: str, attempt: int) -> AsyncIterator[StreamEvent]:
+        await self._ensure_ready()
+        assert self.server is not None
+        server, generation = self.server, self.server.generation
+        try:
+            # aclosing: a cancelled job closes the HTTP stream at once, freeing the slot.
+            inner = cast(AsyncGenerator[StreamEvent, None], super().generate(job, model, attempt))
+            async with aclosing(inner) as events:
+                async for event in events:
+                    yield event
+        except ProviderError as exc:
+            if server.generation != generation or not server.alive():
+                # The server died under this job: retry it once the supervisor restarted it.
+                raise self._error(
+                    ErrorCategory.NETWORK, f"llama-server died mid-request ({exc.message})"
+                ) from None
+            raise
+
+    def _error(
+        self, category: ErrorCategory, message: str, *, retryable: bool | None = None
+    ) -> ProviderError:
+        return ProviderError(category, message, provider=self.spec.name, retryable=retryable)

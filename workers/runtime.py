@@ -1,0 +1,323 @@
+"""The worker process every backend shares: registration, heartbeats, concurrency, streaming.
+
+One asyncio loop, one DEALER socket to the broker, one task per job (never more than the
+broker's credit allows). All outgoing traffic goes through one sender task so a job's token
+frames always precede its done/failed message; text that arrives while a send is pending is
+merged into the next frame, so a fast backend produces fewer, larger frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+import structlog
+import zmq
+import zmq.asyncio
+
+from protocol import messages as m
+from protocol.errors import ErrorCategory, ProtocolViolation, ProviderError
+from protocol.job import Job
+from protocol.transport import SocketOptions, apply_client_curve, tune_socket
+from workers.backend import Backend, Finish, TextDelta
+from workers.registry import backend_class
+from workers.spec import ProviderSpec
+
+log = structlog.get_logger("llmrelay.worker")
+
+
+@dataclass(slots=True)
+class _Running:
+    job: Job
+    attempt: int
+    task: asyncio.Task[None] | None = None
+    buffer: list[str] = field(default_factory=list)
+    seq: int = 0  # token frames sent so far
+    started: float = field(default_factory=time.monotonic)
+
+
+class WorkerRuntime:
+    def __init__(
+        self,
+        spec: ProviderSpec,
+        endpoint: str,
+        *,
+        heartbeat_interval: float = 1.0,
+        liveness: int = 5,
+        shutdown_grace: float = 10.0,
+        stats_interval: float = 15.0,
+        socket_options: SocketOptions | None = None,
+        backend: Backend | None = None,
+    ) -> None:
+        self.spec = spec
+        self.endpoint = endpoint
+        self.heartbeat_interval = heartbeat_interval
+        self.liveness = liveness
+        self.shutdown_grace = shutdown_grace
+        self.stats_interval = stats_interval
+        self.socket_options = socket_options or SocketOptions()
+        self.backend = backend or backend_class(spec.kind)(spec)
+        self.ctx = zmq.asyncio.Context.instance()
+        self.sock: zmq.asyncio.Socket | None = None
+        self.running: dict[tuple[str, int], _Running] = {}
+        self.outbox: deque[tuple[str, Any]] = deque()
+        self.outbox_ready = asyncio.Event()
+        self.last_heard = time.monotonic()
+        self.stopping = asyncio.Event()
+        self.done_jobs = 0
+        self.failed_jobs = 0
+        self.proc = psutil.Process()
+        self.log = log.bind(provider=spec.name, kind=spec.kind, worker_pid=os.getpid())
+
+    # --- socket ---------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        if self.sock is not None:
+            self.sock.close(linger=0)
+        sock = self.ctx.socket(zmq.DEALER)
+        identity = f"{self.spec.name}-{os.getpid()}-{secrets.token_hex(3)}"
+        sock.setsockopt(zmq.IDENTITY, identity.encode())
+        tune_socket(sock, self.socket_options)
+        apply_client_curve(sock, self.socket_options)
+        sock.connect(self.endpoint)
+        self.sock = sock
+        self.last_heard = time.monotonic()
+        self._post(
+            m.Ready(
+                provider=self.spec.name,
+                kind=self.spec.kind,
+                models=list(self.spec.models),
+                capacity=self.spec.capacity,
+                pid=os.getpid(),
+                features=sorted(self.backend.features),
+                info=self.backend.info(),
+            )
+        )
+        self.log.info("worker_registering", endpoint=self.endpoint, identity=identity)
+
+    def _post(self, msg: m.Message) -> None:
+        self.outbox.append(("msg", [msg.encode()]))
+        self.outbox_ready.set()
+
+    def _push_text(self, run: _Running, text: str) -> None:
+        if not run.buffer:
+            self.outbox.append(("tokens", run))
+            self.outbox_ready.set()
+        run.buffer.append(text)
+
+    async def _sender(self) -> None:
+        while True:
+            if not self.outbox:
+                self.outbox_ready.clear()
+                await self.outbox_ready.wait()
+                continue
+            kind, item = self.outbox.popleft()
+            if kind == "tokens":
+                run: _Running = item
+                text = "".join(run.buffer)
+                run.buffer.clear()
+                header = m.Tokens(job_id=run.job.id, attempt=run.attempt, seq=run.seq)
+                run.seq += 1
+                frames = [header.encode(), text.encode("utf-8", "surrogatepass")]
+            else:
+                frames = item
+            assert self.sock is not None
+            await self.sock.send_multipart(frames, copy=False)
+
+    # --- jobs -----------------------------------------------------------------------------
+
+    def _start_job(self, msg: m.Dispatch) -> None:
+        key = (msg.job.id, msg.attempt)
+        if key in self.running:
+            return  # duplicate dispatch (e.g. resent after a reconnect): already running
+        run = _Running(job=msg.job, attempt=msg.attempt)
+        self.running[key] = run
+        run.task = asyncio.create_task(self._run_job(run, msg.model))
+
+    async def _run_job(self, run: _Running, model: str) -> None:
+        job, attempt = run.job, run.attempt
+        structlog.contextvars.bind_contextvars(job=job.id, attempt=attempt)
+        first_token: float | None = None
+        finish = Finish()
+        try:
+            async for event in self.backend.generate(job, model, attempt):
+                if isinstance(event, TextDelta):
+                    if event.text:
+                        if first_token is None:
+                            first_token = time.monotonic() - run.started
+                        self._push_text(run, event.text)
+                else:
+                    finish = event
+        except asyncio.CancelledError:
+            if self.stopping.is_set():  # not the caller's wish: let the broker run it again
+                err = ProviderError(ErrorCategory.WORKER_LOST, "worker shut down mid-job")
+            else:
+                err = ProviderError(ErrorCategory.CANCELLED, "cancelled on request")
+            self._fail(run, err)
+            return
+        except ProviderError as exc:
+            self._fail(run, exc)
+            return
+        except Exception as exc:  # a backend bug must not kill the worker or lose the job
+            self.log.exception("backend_crashed")
+            err = ProviderError(ErrorCategory.SERVER_ERROR, f"{type(exc).__name__}: {exc}")
+            self._fail(run, err)
+            return
+        finally:
+            self.running.pop((job.id, attempt), None)
+        self.done_jobs += 1
+        result = {
+            "finish_reason": finish.reason,
+            "usage": finish.usage,
+            "model": finish.model or model,
+            "worker_latency": time.monotonic() - run.started,
+            "worker_ttft": first_token,
+            **({"extra": finish.extra} if finish.extra else {}),
+        }
+        # frames = frames already sent + the one still buffered (sent before this message)
+        frames = run.seq + (1 if run.buffer else 0)
+        self._post(m.Done(job_id=job.id, attempt=attempt, frames=frames, result=result))
+        self.log.debug("job_finished", frames=frames)
+
+    def _fail(self, run: _Running, exc: ProviderError) -> None:
+        self.failed_jobs += 1
+        self.running.pop((run.job.id, run.attempt), None)
+        if exc.provider is None:
+            exc.provider = self.spec.name
+        self.log.info(
+            "job_attempt_failed", category=exc.category.value, status_code=exc.status_code
+        )
+        self._post(m.Failed(job_id=run.job.id, attempt=run.attempt, error=exc.to_wire()))
+
+    def _cancel(self, job_id: str, attempt: int) -> None:
+        for (jid, att), run in list(self.running.items()):
+            if jid == job_id and (attempt == 0 or att == attempt) and run.task is not None:
+                run.task.cancel()
+
+    # --- control loop ---------------------------------------------------------------------
+
+    def _handle(self, frames: list[bytes]) -> None:
+        try:
+            msg = m.decode(frames[0])
+        except ProtocolViolation as exc:
+            self.log.warning("bad_message_from_broker", error=str(exc))
+            return
+        if isinstance(msg, m.Dispatch):
+            self._start_job(msg)
+        elif isinstance(msg, m.Cancel):
+            self._cancel(msg.job_id, msg.attempt)
+        elif isinstance(msg, m.Ping):
+            self._post(m.Pong())
+        elif isinstance(msg, m.Disconnect):
+            self.log.warning("broker_disconnected_us", reason=msg.reason)
+            self._drop_all("broker asked us to re-register")
+            self._connect()
+
+    def _drop_all(self, why: str) -> None:
+        """The broker forgot us: it re-dispatches these jobs elsewhere, so stop them here."""
+        for run in list(self.running.values()):
+            if run.task is not None:
+                run.task.cancel()
+        if self.running:
+            self.log.warning("jobs_abandoned", count=len(self.running), reason=why)
+
+    async def _heartbeats(self) -> None:
+        next_stats = time.monotonic() + self.stats_interval
+        self.proc.cpu_percent()
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            now = time.monotonic()
+            stats = self._stats()
+            self._post(m.Heartbeat(inflight=len(self.running), stats=stats))
+            if now >= next_stats:
+                next_stats = now + self.stats_interval
+                self.log.info("worker_stats", **stats)
+            if now - self.last_heard > self.heartbeat_interval * self.liveness:
+                self.log.warning("broker_silent", seconds=round(now - self.last_heard, 1))
+                self._drop_all("broker silent")
+                self._connect()
+
+    def _stats(self) -> dict[str, Any]:
+        with self.proc.oneshot():
+            figures: dict[str, Any] = {
+                "rss": self.proc.memory_info().rss,
+                "cpu_percent": self.proc.cpu_percent(),
+            }
+        figures.update(
+            inflight=len(self.running),
+            jobs_done=self.done_jobs,
+            jobs_failed=self.failed_jobs,
+            **self.backend.stats(),
+        )
+        return figures
+
+    async def _receiver(self) -> None:
+        while True:
+            assert self.sock is not None
+            sock = self.sock
+            try:
+                if not await sock.poll(200):
+                    continue
+                frames = await sock.recv_multipart()
+            except zmq.ZMQError:
+                if sock is self.sock:  # closed by a reconnect otherwise
+                    raise
+                continue
+            self.last_heard = time.monotonic()
+            self._handle(frames)
+
+    async def run(self) -> None:
+        structlog.contextvars.bind_contextvars(provider=self.spec.name, worker_pid=os.getpid())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        await self.backend.start()
+        self._connect()
+        tasks = [
+            asyncio.create_task(self._sender()),
+            asyncio.create_task(self._receiver()),
+            asyncio.create_task(self._heartbeats()),
+        ]
+        try:
+            stop = asyncio.create_task(self.stopping.wait())
+            await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for task in tasks:
+                if task.done() and task.exception():
+                    raise task.exception()  # type: ignore[misc]
+            await self._drain()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await self.backend.close()
+            if self.sock is not None:
+                self.sock.close(linger=0)
+
+    async def _drain(self) -> None:
+        """SIGTERM: let running jobs finish for a grace period, cancel the rest, then leave."""
+        self.log.info("worker_stopping", inflight=len(self.running))
+        self._post(m.Disconnect(reason="worker shutting down"))
+        deadline = time.monotonic() + self.shutdown_grace
+        while self.running and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        pending = [run.task for run in self.running.values() if run.task is not None]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        flush_deadline = time.monotonic() + 2.0
+        while self.outbox and time.monotonic() < flush_deadline:
+            await asyncio.sleep(0.01)
+        self.log.info("worker_stopped", jobs_done=self.done_jobs, jobs_failed=self.failed_jobs)
+
+
+def run_worker(spec: ProviderSpec, endpoint: str, **kwargs: Any) -> None:
+    runtime = WorkerRuntime(spec, endpoint, **kwargs)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(runtime.run())
