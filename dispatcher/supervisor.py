@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 import psutil
 import structlog
 
+from workers.procutil import die_with_parent
 from workers.spec import ProviderSpec
 
 log = structlog.get_logger("llmrelay.supervisor")
@@ -84,7 +85,9 @@ class Supervisor:
             "--heartbeat-interval",
             str(self.heartbeat_interval),
         ]
-        item.proc = subprocess.Popen(argv, env=env, start_new_session=True)
+        item.proc = subprocess.Popen(
+            argv, env=env, start_new_session=True, preexec_fn=die_with_parent
+        )
         log.info("worker_started", worker=item.label, provider=item.spec.name, pid=item.proc.pid)
 
     def start_all(self) -> None:

@@ -121,6 +121,7 @@ class AsyncClient:
         self.tasks: list[asyncio.Task[None]] = []
         self.last_heard = 0.0
         self.reconnects = 0
+        self.want_reconnect = False
         self._start_lock: asyncio.Lock | None = None
 
     async def __aenter__(self) -> AsyncClient:
@@ -190,22 +191,20 @@ class AsyncClient:
             await asyncio.sleep(self.heartbeat_interval)
             silent = time.monotonic() - self.last_heard
             if silent > self.heartbeat_interval * self.liveness and self.pending:
-                await self._reconnect()
+                self.want_reconnect = True  # the receiver swaps sockets between two polls
             else:
                 await self._send(m.Ping())
 
     async def _receiver(self) -> None:
         while True:
+            if self.want_reconnect:
+                self.want_reconnect = False
+                await self._reconnect()
             sock = self.sock
             assert sock is not None
-            try:
-                if not await sock.poll(100):
-                    continue
-                frames = await sock.recv_multipart()
-            except zmq.ZMQError:
-                if sock is self.sock:
-                    raise
-                continue  # the socket was replaced by a reconnect
+            if not await sock.poll(100):
+                continue
+            frames = await sock.recv_multipart()
             self.last_heard = time.monotonic()
             try:
                 self._handle(frames)

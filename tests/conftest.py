@@ -14,8 +14,12 @@ def broker_factory(tmp_path: Path) -> Iterator[Callable[..., BrokerProcess]]:
     """Start brokers with given providers; all of them (and their workers) die at teardown."""
     started: list[BrokerProcess] = []
 
-    def make(providers: dict[str, dict[str, Any]], routes: dict[str, list[str]] | None = None,
-             start: bool = True, **broker: Any) -> BrokerProcess:
+    def make(
+        providers: dict[str, dict[str, Any]],
+        routes: dict[str, list[str]] | None = None,
+        start: bool = True,
+        **broker: Any,
+    ) -> BrokerProcess:
         folder = tmp_path / f"broker{len(started)}"
         folder.mkdir()
         process = BrokerProcess(folder, providers, routes, **broker)

@@ -33,8 +33,12 @@ def toml_value(value: Any) -> str:
     return json.dumps(value)  # JSON scalars, strings and arrays are valid TOML values
 
 
-def write_config(path: Path, broker: dict[str, Any], providers: dict[str, dict[str, Any]],
-                 routes: dict[str, list[str]] | None = None) -> Path:
+def write_config(
+    path: Path,
+    broker: dict[str, Any],
+    providers: dict[str, dict[str, Any]],
+    routes: dict[str, list[str]] | None = None,
+) -> Path:
     lines = ["[broker]"]
     lines += [f"{k} = {toml_value(v)}" for k, v in broker.items()]
     for name, spec in providers.items():
@@ -72,8 +76,13 @@ def kill_tree(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
 
 
 class BrokerProcess:
-    def __init__(self, tmp: Path, providers: dict[str, dict[str, Any]],
-                 routes: dict[str, list[str]] | None = None, **broker: Any) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        providers: dict[str, dict[str, Any]],
+        routes: dict[str, list[str]] | None = None,
+        **broker: Any,
+    ) -> None:
         self.tmp = tmp
         self.client_port = free_port()
         self.worker_port = free_port()
@@ -97,7 +106,11 @@ class BrokerProcess:
         env = {**os.environ, "LLMRELAY_LOG_LEVEL": "debug", "PYTHONPATH": str(ROOT)}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dispatcher.cli", "broker", "--config", str(self.config)],
-            stdout=log, stderr=log, env=env, start_new_session=True, cwd=ROOT,
+            stdout=log,
+            stderr=log,
+            env=env,
+            start_new_session=True,
+            cwd=ROOT,
         )
         log.close()
         return self
@@ -107,10 +120,26 @@ class BrokerProcess:
         env = {**os.environ, "LLMRELAY_LOG_LEVEL": "debug", "PYTHONPATH": str(ROOT)}
         env.pop("LLMRELAY_WORKER_SPEC", None)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dispatcher.cli", "worker", "--provider", provider,
-             "--config", str(self.config), "--connect", self.worker_endpoint,
-             "--heartbeat-interval", "0.5", *extra],
-            stdout=log, stderr=log, env=env, start_new_session=True, cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "dispatcher.cli",
+                "worker",
+                "--provider",
+                provider,
+                "--config",
+                str(self.config),
+                "--connect",
+                self.worker_endpoint,
+                "--heartbeat-interval",
+                "0.5",
+                *extra,
+            ],
+            stdout=log,
+            stderr=log,
+            env=env,
+            start_new_session=True,
+            cwd=ROOT,
         )
         log.close()
         self.workers.append(proc)
@@ -120,22 +149,28 @@ class BrokerProcess:
         kwargs.setdefault("heartbeat_interval", 0.5)
         return Client(self.client_endpoint, **kwargs)
 
-    def wait_workers(self, count: int, timeout: float = 30.0,
-                     provider: str | None = None) -> dict[str, Any]:
+    def wait_workers(
+        self, count: int, timeout: float = 30.0, provider: str | None = None
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         with self.client() as client:
             while True:
                 try:
                     status = client.status(timeout=1.0)
-                    workers = [w for w in status["workers"]
-                               if provider is None or w["provider"] == provider]
+                    workers = [
+                        w
+                        for w in status["workers"]
+                        if provider is None or w["provider"] == provider
+                    ]
                     if len(workers) >= count:
                         return status
                 except Exception:
                     status = None
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{count} workers not ready; last status {status}; "
-                                       f"log tail: {self.log_tail()}")
+                    raise TimeoutError(
+                        f"{count} workers not ready; last status {status}; "
+                        f"log tail: {self.log_tail()}"
+                    )
                 time.sleep(0.1)
 
     def log_tail(self, lines: int = 40) -> str:

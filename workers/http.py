@@ -93,7 +93,7 @@ def unsupported(provider: str, what: str) -> ProviderError:
     return ProviderError(ErrorCategory.UNSUPPORTED, what, provider=provider)
 
 
-def _network_error(
+def network_error(
     provider: str, exc: httpx.TransportError, timeouts: httpx.Timeout
 ) -> ProviderError:
     if isinstance(exc, httpx.ConnectTimeout):
@@ -139,6 +139,7 @@ class HttpBackend(Backend):
         self.total_timeout = float(opts.get("total_timeout", TOTAL_TIMEOUT))
         self.drain_grace = float(opts.get("drain_grace", DRAIN_GRACE))
         self._client: httpx.AsyncClient | None = None
+        self._slots: asyncio.Semaphore | None = None
 
     def _resolve_key(self, opts: Mapping[str, Any]) -> str | None:
         if opts.get("api_key"):
@@ -178,6 +179,7 @@ class HttpBackend(Backend):
         if self._key:
             headers.update(self.auth_headers(self._key))
         capacity = max(1, self.spec.capacity)
+        self._slots = asyncio.Semaphore(capacity)
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
             headers=headers,
@@ -195,17 +197,22 @@ class HttpBackend(Backend):
     # -- one job ----------------------------------------------------------------------------
 
     async def generate(self, job: Job, model: str, attempt: int) -> AsyncIterator[StreamEvent]:
+        if self._slots is None:
+            raise RuntimeError("HttpBackend.start() was not called")
+        events = self._generate(job, model)
         try:
-            async for event in self._generate(job, model):
-                yield event
+            # Jobs beyond capacity queue here, not in httpx's pool (whose queue scans every
+            # waiter on each change: quadratic when a caller oversubscribes).
+            async with self._slots, aclosing(events):
+                async for event in events:
+                    yield event
         except ProviderError as exc:
             # `from None`: a chained httpx error carries the request, headers included.
             raise scrubbed(exc, [self._key or ""]) from None
 
-    async def _generate(self, job: Job, model: str) -> AsyncIterator[StreamEvent]:
+    async def _generate(self, job: Job, model: str) -> AsyncGenerator[StreamEvent, None]:
         client = self._client
-        if client is None:
-            raise RuntimeError("HttpBackend.start() was not called")
+        assert client is not None
         if self.key_required and not self._key:
             env = self.spec.options.get("api_key_env") or self.api_key_env
             raise ProviderError(
@@ -235,7 +242,7 @@ class HttpBackend(Backend):
                 # Runs on success, error, cancel and aclose(): the socket never leaks.
                 await response.aclose()
         except httpx.TransportError as exc:
-            raise _network_error(self.spec.name, exc, self.timeouts) from None
+            raise network_error(self.spec.name, exc, self.timeouts) from None
         except httpx.DecodingError as exc:
             raise self._protocol(f"undecodable response body: {exc}") from None
         except (Malformed, StreamDecodeError) as exc:

@@ -71,6 +71,7 @@ class WorkerRuntime:
         self.outbox: deque[tuple[str, Any]] = deque()
         self.outbox_ready = asyncio.Event()
         self.last_heard = time.monotonic()
+        self.reconnect_reason: str | None = None
         self.stopping = asyncio.Event()
         self.done_jobs = 0
         self.failed_jobs = 0
@@ -90,6 +91,7 @@ class WorkerRuntime:
         sock.connect(self.endpoint)
         self.sock = sock
         self.last_heard = time.monotonic()
+        self.outbox.clear()  # messages for the old connection mean nothing to the new one
         self._post(
             m.Ready(
                 provider=self.spec.name,
@@ -129,8 +131,14 @@ class WorkerRuntime:
                 frames = [header.encode(), text.encode("utf-8", "surrogatepass")]
             else:
                 frames = item
-            assert self.sock is not None
-            await self.sock.send_multipart(frames, copy=False)
+            sock = self.sock
+            assert sock is not None
+            try:
+                await sock.send_multipart(frames, copy=False)
+            except zmq.ZMQError:
+                if sock is self.sock:
+                    raise
+                # replaced by a reconnect: the new broker does not know this message's job
 
     # --- jobs -----------------------------------------------------------------------------
 
@@ -218,8 +226,7 @@ class WorkerRuntime:
             self._post(m.Pong())
         elif isinstance(msg, m.Disconnect):
             self.log.warning("broker_disconnected_us", reason=msg.reason)
-            self._drop_all("broker asked us to re-register")
-            self._connect()
+            self.reconnect_reason = "broker asked us to register again"
 
     def _drop_all(self, why: str) -> None:
         """The broker forgot us: it re-dispatches these jobs elsewhere, so stop them here."""
@@ -242,8 +249,8 @@ class WorkerRuntime:
                 self.log.info("worker_stats", **stats)
             if now - self.last_heard > self.heartbeat_interval * self.liveness:
                 self.log.warning("broker_silent", seconds=round(now - self.last_heard, 1))
-                self._drop_all("broker silent")
-                self._connect()
+                self.reconnect_reason = "broker silent"
+                self.last_heard = now  # one reconnect per silent period
 
     def _stats(self) -> dict[str, Any]:
         with self.proc.oneshot():
@@ -261,16 +268,15 @@ class WorkerRuntime:
 
     async def _receiver(self) -> None:
         while True:
+            if self.reconnect_reason is not None:
+                # Swapped here, between two polls, so no await is pending on a closed socket.
+                self._drop_all(self.reconnect_reason)
+                self.reconnect_reason = None
+                self._connect()
             assert self.sock is not None
-            sock = self.sock
-            try:
-                if not await sock.poll(200):
-                    continue
-                frames = await sock.recv_multipart()
-            except zmq.ZMQError:
-                if sock is self.sock:  # closed by a reconnect otherwise
-                    raise
+            if not await self.sock.poll(200):
                 continue
+            frames = await self.sock.recv_multipart()
             self.last_heard = time.monotonic()
             self._handle(frames)
 

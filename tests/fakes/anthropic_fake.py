@@ -5,8 +5,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.fakes.server import FakeServer, Piece, Reply, Request, Response, json_response, token_pieces
+from tests.fakes.server import (
+    FakeServer,
+    Piece,
+    Reply,
+    Request,
+    Response,
+    json_response,
+    token_pieces,
+)
 
+NATIVE_STOP = {"stop": "end_turn", "length": "max_tokens"}  # Reply speaks OpenAI's names
 PING = b'event: ping\ndata: {"type": "ping"}\n\n'
 OVERLOADED = {"type": "overloaded_error", "message": "Overloaded"}
 
@@ -52,7 +61,11 @@ class AnthropicFake:
             event("message_start", {"type": "message_start", "message": start}),
             event(
                 "content_block_start",
-                {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
             ),
             PING,
         ]
@@ -60,7 +73,11 @@ class AnthropicFake:
             reply,
             lambda text: event(
                 "content_block_delta",
-                {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}},
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": text},
+                },
             ),
             PING,
             lambda: event("error", {"type": "error", "error": reply.error or OVERLOADED}),
@@ -73,13 +90,16 @@ class AnthropicFake:
                 "message_delta",
                 {
                     "type": "message_delta",
-                    "delta": {"stop_reason": reply.finish_reason, "stop_sequence": None},
+                    "delta": {"stop_reason": self.stop(reply), "stop_sequence": None},
                     "usage": {"output_tokens": reply.completion},
                 },
             ),
             event("message_stop", {"type": "message_stop"}),
         ]
         return pieces
+
+    def stop(self, reply: Reply) -> str:
+        return NATIVE_STOP.get(reply.finish_reason, reply.finish_reason)
 
     def message(self, reply: Reply, model: str, streaming: bool = False) -> dict[str, Any]:
         return {
@@ -88,7 +108,7 @@ class AnthropicFake:
             "role": "assistant",
             "content": [] if streaming else [{"type": "text", "text": "".join(reply.tokens)}],
             "model": model,
-            "stop_reason": None if streaming else reply.finish_reason,
+            "stop_reason": None if streaming else self.stop(reply),
             "stop_sequence": None,
             "usage": {
                 "input_tokens": reply.prompt_tokens,

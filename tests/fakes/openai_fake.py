@@ -6,7 +6,15 @@ import json
 import time
 from typing import Any
 
-from tests.fakes.server import FakeServer, Piece, Reply, Request, Response, json_response, token_pieces
+from tests.fakes.server import (
+    FakeServer,
+    Piece,
+    Reply,
+    Request,
+    Response,
+    json_response,
+    token_pieces,
+)
 
 NOT_FOUND = {"error": {"message": "Not found", "type": "invalid_request_error"}}
 BAD_KEY = {
@@ -18,8 +26,12 @@ BAD_KEY = {
         "code": "invalid_api_key",
     }
 }
-MID_STREAM_ERROR = {"message": "The server had an error while processing your request.",
-                    "type": "server_error", "param": None, "code": None}
+MID_STREAM_ERROR = {
+    "message": "The server had an error while processing your request.",
+    "type": "server_error",
+    "param": None,
+    "code": None,
+}
 
 
 def sse(obj: Any) -> bytes:
@@ -77,7 +89,9 @@ class OpenAIFake:
         return sse({"error": reply.error or MID_STREAM_ERROR})
 
     def stream(self, reply: Reply, body: dict[str, Any], model: str) -> list[Piece]:
-        pieces: list[Piece] = [self.chunk(model, {"role": "assistant", "content": "", "refusal": None})]
+        pieces: list[Piece] = [
+            self.chunk(model, {"role": "assistant", "content": "", "refusal": None})
+        ]
         pieces += token_pieces(
             reply,
             lambda text: self.chunk(model, {"content": text}),
@@ -104,7 +118,11 @@ class OpenAIFake:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": "".join(reply.tokens), "refusal": None},
+                    "message": {
+                        "role": "assistant",
+                        "content": "".join(reply.tokens),
+                        "refusal": None,
+                    },
                     "logprobs": None,
                     "finish_reason": reply.finish_reason,
                 }

@@ -220,6 +220,8 @@ class FakeServer:
                 pass
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            pass  # the server is stopping; end quietly (asyncio logs cancelled handlers)
         finally:
             self._tasks.discard(task)
             self._changed(lambda: self._count(-1))

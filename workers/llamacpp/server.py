@@ -163,31 +163,42 @@ class LlamaServer:
 
     async def start(self) -> None:
         """Launch and wait until ready; ServerFailed if the model cannot be served."""
-        self._check_model()
         self._probe = httpx.AsyncClient(timeout=self.config.health_timeout)
         self.state = ServerState.STARTING
         try:
+            self._check_model()
             await self._launch_until_ready()
-        except BaseException:
+        except BaseException as exc:
             await self._kill()
             self.state = ServerState.FAILED
+            self.error = str(exc)
             raise
         self._supervisor = asyncio.create_task(self._supervise(), name="llama-supervisor")
 
     async def wait_ready(self, timeout: float) -> None:
         """Return once the server is ready; ServerFailed if it gave up or did not recover."""
-        if self.state is ServerState.READY:
-            return
-        if self.state in (ServerState.FAILED, ServerState.CLOSED):
-            raise ServerFailed(self.error or f"llama-server is {self.state.value}")
-        try:
-            await asyncio.wait_for(self._ready.wait(), timeout)
-        except TimeoutError:
-            raise ServerFailed(
-                f"llama-server not ready after {timeout:g}s ({self.state.value})", permanent=False
-            ) from None
-        if not self.ready:
-            raise ServerFailed(self.error or f"llama-server is {self.state.value}")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if self.state in (ServerState.FAILED, ServerState.CLOSED):
+                raise ServerFailed(self.error or f"llama-server is {self.state.value}")
+            if self.ready:
+                if self.alive():
+                    return
+                # Died a moment ago and the supervisor has not reaped it yet: wait for it.
+                self._ready.clear()
+            remaining = deadline - loop.time()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                await asyncio.wait_for(self._ready.wait(), remaining)
+            except TimeoutError:
+                raise ServerFailed(
+                    f"llama-server not ready after {timeout:g}s ({self.state.value})",
+                    permanent=False,
+                ) from None
+            if self._ready.is_set() and self.ready and not self.alive():
+                await asyncio.sleep(0.01)  # still the dead one: let the supervisor run
 
     def alive(self) -> bool:
         """The current child is running (not exited, not a zombie awaiting reaping)."""

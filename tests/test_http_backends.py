@@ -1,0 +1,304 @@
+"""The HTTP backends end to end against the fake servers: text, usage, pooling, cancel, errors."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from protocol.errors import ErrorCategory as C
+from protocol.errors import ProviderError
+from tests.fakes.drive import FAKE_KEY, collect, make_backend, make_job, started
+from tests.fakes.openai_fake import openai_server
+from tests.fakes.server import FakeServer, Reply, json_response
+from workers.backend import TextDelta
+
+pytest_plugins = [
+    "tests.fakes.fixtures"
+]  # openai_fake, anthropic_fake, openrouter_fake, ollama_fake
+
+KINDS = ["openai", "anthropic", "openrouter", "ollama"]
+
+
+@pytest.fixture(params=KINDS)
+def kind_fake(request: pytest.FixtureRequest) -> tuple[str, FakeServer]:
+    kind: str = request.param
+    return kind, request.getfixturevalue(f"{kind}_fake")
+
+
+def backend_for(kind: str, fake: FakeServer, **options: Any) -> Any:
+    options.setdefault("api_key", FAKE_KEY)
+    return make_backend(kind, fake.url, **options)
+
+
+async def run_one(kind: str, fake: FakeServer, stream: bool = True, **options: Any) -> Any:
+    async with started(backend_for(kind, fake, **options)) as backend:
+        return await collect(backend, make_job(stream=stream))
+
+
+async def failure(kind: str, fake: FakeServer, stream: bool = True, **options: Any) -> Any:
+    """Run one job that must fail; return (text delivered before the failure, the error)."""
+    got: list[str] = []
+    async with started(backend_for(kind, fake, **options)) as backend:
+        with pytest.raises(ProviderError) as caught:
+            async for event in backend.generate(make_job(stream=stream), "test-model", 1):
+                if isinstance(event, TextDelta):
+                    got.append(event.text)
+    return "".join(got), caught.value
+
+
+def test_streamed_and_whole_responses_agree(kind_fake: tuple[str, FakeServer]) -> None:
+    kind, fake = kind_fake
+    fake.default = Reply(tokens=["Hel", "lo", " wörld"], prompt_tokens=12)
+    events, text, finish = asyncio.run(run_one(kind, fake, stream=True))
+    _, whole_text, whole_finish = asyncio.run(run_one(kind, fake, stream=False))
+    assert [e.text for e in events[:-1] if isinstance(e, TextDelta)] == ["Hel", "lo", " wörld"]
+    assert text == whole_text == "Hello wörld"
+    expected = {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}
+    if kind == "openrouter":
+        expected["cost"] = 0.00005
+    assert finish.usage == whole_finish.usage == expected
+    assert finish.reason == whole_finish.reason == "stop"
+    assert finish.model == whole_finish.model == "test-model"
+
+
+def test_utf8_split_mid_character_arrives_intact(kind_fake: tuple[str, FakeServer]) -> None:
+    kind, fake = kind_fake
+    tokens = ["日本", "😀", "é", " ok"]
+    # Every byte is its own HTTP chunk: every character and every event is split.
+    fake.default = Reply(tokens=tokens, split_every=1, keepalive=1)
+    events, text, _ = asyncio.run(run_one(kind, fake))
+    assert text == "日本😀é ok"
+    # Each event was decoded exactly once: one delta per token, in order.
+    assert [e.text for e in events[:-1] if isinstance(e, TextDelta)] == tokens
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic", "ollama"])
+def test_500_jobs_use_no_more_connections_than_capacity(kind: str, request: Any) -> None:
+    fake: FakeServer = request.getfixturevalue(f"{kind}_fake")
+    fake.default = Reply(tokens=["a", "b", "c"])
+    capacity = 8
+
+    async def main() -> list[str]:
+        async with started(backend_for(kind, fake, capacity=capacity)) as backend:
+            results = await asyncio.gather(*(collect(backend, make_job()) for _ in range(500)))
+        return [text for _, text, _ in results]
+
+    texts = asyncio.run(main())
+    assert texts == ["abc"] * 500
+    assert len(fake.requests) == 500
+    assert 1 <= fake.connections <= capacity
+
+
+def test_cancel_closes_the_stream(kind_fake: tuple[str, FakeServer]) -> None:
+    kind, fake = kind_fake
+    fake.default = Reply(tokens=["a", "b", "c", "d"], stall_after=2)
+
+    async def main() -> list[str]:
+        got: list[str] = []
+        first_two = asyncio.Event()
+
+        async def consume() -> None:
+            async for event in backend.generate(make_job(), "test-model", 1):
+                assert isinstance(event, TextDelta)
+                got.append(event.text)
+                if len(got) == 2:
+                    first_two.set()
+
+        async with started(backend_for(kind, fake)) as backend:
+            task = asyncio.create_task(consume())
+            await first_two.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        return got
+
+    assert asyncio.run(main()) == ["a", "b"]
+    # The server sees the client close the connection it was stalling on.
+    assert fake.wait_for(lambda f: f.client_disconnects == 1)
+
+
+def test_consumer_stopping_early_closes_the_stream(openai_fake: FakeServer) -> None:
+    openai_fake.default = Reply(tokens=["a", "b", "c"], stall_after=1)
+
+    async def main() -> None:
+        async with started(backend_for("openai", openai_fake)) as backend:
+            stream = backend.generate(make_job(), "test-model", 1)
+            assert await anext(stream) == TextDelta("a")
+            await stream.aclose()
+
+    asyncio.run(main())
+    assert openai_fake.wait_for(lambda f: f.client_disconnects == 1)
+
+
+def test_keepalive_comments_and_pings_yield_no_text(kind_fake: tuple[str, FakeServer]) -> None:
+    kind, fake = kind_fake
+    fake.default = Reply(tokens=["x", "y"], keepalive=3)
+    _, text, finish = asyncio.run(run_one(kind, fake))
+    assert text == "xy" and finish.reason == "stop"
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+ERROR_REPLIES = {
+    "openai": Reply(
+        status=429,
+        headers={"retry-after-ms": "250"},
+        body={
+            "error": {
+                "message": "Rate limit reached",
+                "type": "tokens",
+                "param": None,
+                "code": "rate_limit_exceeded",
+            }
+        },
+    ),
+    "anthropic": Reply(
+        status=529,
+        body={"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+    ),
+    "openrouter": Reply(
+        status=402, body={"error": {"code": 402, "message": "Insufficient credits"}}
+    ),
+    "ollama": Reply(status=404, body={"error": "model 'llama9' not found"}),
+}
+ERROR_CATEGORIES = {
+    "openai": (C.RATE_LIMITED, 0.25),
+    "anthropic": (C.OVERLOADED, None),
+    "openrouter": (C.QUOTA_EXHAUSTED, None),
+    "ollama": (C.NOT_FOUND, None),
+}
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+def test_http_error_status_is_classified(kind_fake: tuple[str, FakeServer], stream: bool) -> None:
+    kind, fake = kind_fake
+    fake.default = ERROR_REPLIES[kind]
+    text, err = asyncio.run(failure(kind, fake, stream=stream))
+    assert text == ""
+    assert (err.category, err.retry_after) == ERROR_CATEGORIES[kind]
+    assert err.status_code == fake.default.status and err.provider == kind
+
+
+def test_mid_stream_error_after_tokens(kind_fake: tuple[str, FakeServer]) -> None:
+    kind, fake = kind_fake
+    fake.default = Reply(tokens=["a", "b", "c"], error_after=2)
+    text, err = asyncio.run(failure(kind, fake))
+    assert text == "ab"
+    expected = {"anthropic": C.OVERLOADED, "openrouter": C.RATE_LIMITED}.get(kind, C.SERVER_ERROR)
+    assert err.category is expected
+
+
+def test_dropped_connection_is_network(kind_fake: tuple[str, FakeServer]) -> None:
+    kind, fake = kind_fake
+    fake.default = Reply(tokens=["a", "b", "c"], drop_after=1)
+    text, err = asyncio.run(failure(kind, fake))
+    assert text == "a" and err.category is C.NETWORK
+
+
+def test_stalled_stream_hits_the_read_timeout(openai_fake: FakeServer) -> None:
+    openai_fake.default = Reply(tokens=["a", "b"], stall_after=1)
+    text, err = asyncio.run(failure("openai", openai_fake, read_timeout=0.2))
+    assert text == "a" and err.category is C.NETWORK and "read timeout" in err.message
+
+
+def test_total_timeout(anthropic_fake: FakeServer) -> None:
+    anthropic_fake.default = Reply(tokens=["a", "b"], stall_after=1)
+    _, err = asyncio.run(failure("anthropic", anthropic_fake, total_timeout=0.2))
+    assert err.category is C.NETWORK and "total timeout" in err.message
+
+
+def test_connection_refused_is_network() -> None:
+    with openai_server() as fake:
+        url = fake.url  # nothing listens here once the server stopped
+    backend = make_backend("openai", url, api_key=FAKE_KEY)
+
+    async def main() -> ProviderError:
+        async with started(backend):
+            with pytest.raises(ProviderError) as caught:
+                await collect(backend, make_job())
+        return caught.value
+
+    err = asyncio.run(main())
+    assert err.category is C.NETWORK and err.retryable
+
+
+@pytest.mark.parametrize(
+    ("kind", "raw"),
+    [
+        ("openai", [b"data: {not json}\n\n"]),
+        ("anthropic", [b"event: message_start\ndata: [1, 2]\n\n"]),
+        ("ollama", [b'{"message":{"content":"a"},"done":false}\n', b"<html>oops</html>\n"]),
+        ("openai", [b"data: \xff\xfe\n\n"]),  # not UTF-8
+        ("openai", [b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n']),  # no finish, no [DONE]
+        ("anthropic", [b'event: message_start\ndata: {"type":"message_start","message":{}}\n\n']),
+    ],
+    ids=["bad-json", "not-an-object", "ndjson-junk", "bad-utf8", "truncated", "no-message_stop"],
+)
+def test_malformed_streams_are_protocol_errors(kind: str, raw: list[bytes], request: Any) -> None:
+    fake: FakeServer = request.getfixturevalue(f"{kind}_fake")
+    fake.default = Reply(raw=raw)
+    _, err = asyncio.run(failure(kind, fake))
+    assert err.category is C.PROTOCOL and err.retryable
+
+
+def test_non_json_error_page_keeps_its_text(openai_fake: FakeServer) -> None:
+    openai_fake.default = Reply(status=502, body="<html>502 Bad Gateway</html>")
+    _, err = asyncio.run(failure("openai", openai_fake))
+    assert err.category is C.SERVER_ERROR and "Bad Gateway" in err.message
+
+
+def test_malformed_whole_body_is_protocol() -> None:
+    # A 200 whose body is not the provider's JSON.
+    with FakeServer(lambda request, reply: json_response(200, "not json")) as fake:
+        _, err = asyncio.run(failure("openai", fake, stream=False))
+    assert err.category is C.PROTOCOL
+
+
+# -- keys ------------------------------------------------------------------------------------
+
+
+def test_wrong_key_is_auth_and_the_key_never_leaks(kind_fake: tuple[str, FakeServer]) -> None:
+    kind, fake = kind_fake
+    secret = "sk-live-THIS-MUST-NOT-LEAK-0123456789"
+    # A server that echoes the key back in its error message.
+    fake.default = Reply(status=401, body={"error": {"message": f"bad key {secret}", "type": "x"}})
+    if kind == "anthropic":
+        fake.default.body = {
+            "type": "error",
+            "error": {"type": "authentication_error", "message": f"bad key {secret}"},
+        }
+    if kind == "ollama":
+        fake.default.body = {"error": f"bad key {secret}"}
+    _, err = asyncio.run(failure(kind, fake, api_key=secret))
+    assert err.category is C.AUTH
+    assert secret not in str(err) and secret not in repr(err.to_wire())
+    assert err.__cause__ is None and err.__suppress_context__
+
+
+def test_missing_key_fails_before_any_request(
+    openai_fake: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    _, err = asyncio.run(failure("openai", openai_fake, api_key=None))
+    assert err.category is C.AUTH and "OPENAI_API_KEY" in err.message
+    assert openai_fake.requests == []
+
+
+def test_key_from_environment(openai_fake: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MY_KEY_VAR", FAKE_KEY)
+    _, text, _ = asyncio.run(run_one("openai", openai_fake, api_key=None, api_key_env="MY_KEY_VAR"))
+    assert text == "Hello, world!"
+
+
+def test_auth_headers(kind_fake: tuple[str, FakeServer]) -> None:
+    kind, fake = kind_fake
+    asyncio.run(run_one(kind, fake))
+    headers = fake.requests[-1].headers
+    if kind == "anthropic":
+        assert headers["x-api-key"] == FAKE_KEY and headers["anthropic-version"] == "2023-06-01"
+        assert "authorization" not in headers
+    else:
+        assert headers["authorization"] == f"Bearer {FAKE_KEY}"
+    assert headers["user-agent"].startswith("llmrelay/")

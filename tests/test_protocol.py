@@ -1,0 +1,170 @@
+"""Unit tests of the wire format and the canonical job schema."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from protocol import messages as m
+from protocol.client import _Pending, build_job
+from protocol.errors import ErrorCategory, ProtocolViolation, ProviderError, is_retryable
+from protocol.job import Job
+from protocol.results import Reset, Token
+
+
+def job(**extra: object) -> Job:
+    return build_job(model="mock:echo", prompt="hi", **extra)
+
+
+def test_every_message_round_trips() -> None:
+    samples: list[m.Message] = [
+        m.Submit(job=job(), first_attempt=2, delivered=3),
+        m.Accepted(
+            job_id="a", candidates=["mock:echo"], skipped=[{"candidate": "x", "reason": "y"}]
+        ),
+        m.Cancel(job_id="a", attempt=2),
+        m.Tokens(job_id="a", attempt=1, seq=5),
+        m.Reset(job_id="a", attempt=2, reason="retry"),
+        m.Done(job_id="a", attempt=1, frames=4, result={"usage": {"prompt_tokens": 1}}),
+        m.Failed(job_id="a", attempt=1, error=ProviderError("auth", "no").to_wire()),
+        m.StatusQuery(),
+        m.StatusReply(status={"queued": 0}),
+        m.Ping(),
+        m.Pong(),
+        m.Error(message="bad", job_id="a"),
+        m.Ready(provider="p", kind="mock", models=["x"], capacity=2, pid=1, features=["seed"]),
+        m.Heartbeat(inflight=1, stats={"rss": 1}),
+        m.Dispatch(job=job(), attempt=1, model="echo"),
+        m.Disconnect(reason="bye"),
+    ]
+    assert {type(s) for s in samples} == set(m.REGISTRY.values())
+    for sample in samples:
+        assert m.decode(sample.encode()) == sample
+
+
+@pytest.mark.parametrize(
+    ("frame", "fragment"),
+    [
+        (b"\xc1\xff garbage", "msgpack"),
+        (msgpack.packb([1, 2, 3]), "map"),
+        (msgpack.packb({"v": 99, "t": "ping"}), "version"),
+        (msgpack.packb({"v": 1, "t": "launch_missiles"}), "unknown message type"),
+        (msgpack.packb({"v": 1, "t": "cancel"}), "cancel.job_id: missing"),
+        (msgpack.packb({"v": 1, "t": "cancel", "job_id": 7}), "cancel.job_id"),
+        (msgpack.packb({"v": 1, "t": "cancel", "job_id": "a", "x": 1}), "unknown field"),
+        (msgpack.packb({"v": 1, "t": "tokens", "job_id": "a", "attempt": -1, "seq": 0}), "attempt"),
+        (
+            msgpack.packb(
+                {
+                    "v": 1,
+                    "t": "ready",
+                    "provider": "p",
+                    "kind": "k",
+                    "models": [],
+                    "capacity": 0,
+                    "pid": 1,
+                }
+            ),
+            "capacity",
+        ),
+        (msgpack.packb({1: 2}), "msgpack"),
+    ],
+)
+def test_bad_frames_are_rejected_with_the_field_named(frame: bytes, fragment: str) -> None:
+    with pytest.raises(ProtocolViolation, match=fragment):
+        m.decode(frame)
+
+
+def test_oversized_header_rejected() -> None:
+    with pytest.raises(ProtocolViolation, match="exceeds"):
+        m.decode(b"\x00" * (m.MAX_HEADER_BYTES + 1))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"temperature": 3.0}, "params.temperature"),
+        ({"max_tokens": 0}, "params.max_tokens"),
+        ({"max_tokens": True}, "params.max_tokens"),
+        ({"top_p": float("nan")}, "params.top_p"),
+        ({"stop": [""]}, r"params.stop\[0\]"),
+        ({"best_of": 3}, "params.best_of: unknown parameter"),
+        ({"tools": [{"type": "function", "function": {}}]}, "function.name"),
+        ({"response_format": {"type": "yaml"}}, "response_format.type"),
+        ({"tool_choice": "sometimes"}, "tool_choice"),
+        ({"on_partial": "shrug"}, "on_partial"),
+        ({"priority": 1000}, "priority"),
+        ({"timeout": -1}, "timeout"),
+        ({"job_id": "has space"}, "job.id"),
+    ],
+)
+def test_bad_jobs_name_the_parameter(kwargs: dict[str, object], fragment: str) -> None:
+    with pytest.raises(ProtocolViolation, match=fragment):
+        job(**kwargs)
+
+
+def test_message_validation() -> None:
+    with pytest.raises(ProtocolViolation, match="role"):
+        build_job(model="m", messages=[{"role": "robot", "content": "x"}])
+    with pytest.raises(ProtocolViolation, match="image_url.url"):
+        build_job(
+            model="m",
+            messages=[
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}],
+                }
+            ],
+        )
+    with pytest.raises(ProtocolViolation, match="tool_call_id"):
+        build_job(model="m", messages=[{"role": "tool", "content": "42"}])
+    with pytest.raises(ProtocolViolation, match="exactly one of model or route"):
+        Job.from_wire(
+            {"id": "a", "messages": [{"role": "user", "content": "x"}], "model": "m", "route": "r"}
+        )
+
+
+def test_required_features_name_params_and_vision() -> None:
+    vision = build_job(
+        model="m",
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is this"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                ],
+            }
+        ],
+        top_k=5,
+        seed=1,
+    )
+    assert vision.required_features() == {"vision", "top_k", "seed"}
+
+
+def test_error_taxonomy() -> None:
+    err = ProviderError("quota_exhausted", "out of credit", provider="openai", status_code=429)
+    assert isinstance(err, RuntimeError)
+    assert err.retryable  # another provider may still run it
+    assert not is_retryable(ErrorCategory.INVALID_REQUEST)
+    again = ProviderError.from_wire(err.to_wire())
+    assert (again.category, again.provider, again.status_code) == (
+        ErrorCategory.QUOTA_EXHAUSTED,
+        "openai",
+        429,
+    )
+    assert "openai" in str(err) and "429" in str(err)
+
+
+def test_client_delivers_in_order_once_and_resets() -> None:
+    pending = _Pending(job=job())
+    pending.attempt = 1
+    for seq, text in [(1, "b"), (0, "a"), (0, "a"), (3, "d"), (2, "c"), (1, "b")]:
+        pending.deliver(seq, text)
+    got = []
+    while not pending.events.empty():
+        got.append(pending.events.get_nowait())
+    assert got == [Token("a"), Token("b"), Token("c"), Token("d")]
+    pending.start_attempt(2, "worker died")
+    assert pending.events.get_nowait() == Reset(reason="worker died", attempt=2)
+    assert pending.next_seq == 0 and pending.parts == []

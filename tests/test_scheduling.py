@@ -1,0 +1,136 @@
+"""Unit tests of the broker's pure parts: fair queues, circuit breaker, pacing, routing."""
+
+from __future__ import annotations
+
+import pytest
+
+from dispatcher.config import ConfigError, default_config, parse_config
+from dispatcher.health import Circuit, CircuitPolicy, Health
+from dispatcher.pacing import Pacer
+from dispatcher.queues import FairQueue
+from dispatcher.routing import Candidate, resolve
+from protocol.client import build_job
+from protocol.errors import ErrorCategory, ProviderError
+
+
+def test_fair_queue_interleaves_clients_and_honours_priority() -> None:
+    queue: FairQueue[str] = FairQueue()
+    for i in range(1000):
+        queue.push(b"batch", 0, f"b{i}")
+    queue.push(b"interactive", 0, "i0")
+    queue.push(b"interactive", 5, "urgent")
+    taken = []
+    for item in queue.rounds(lambda item: True):
+        taken.append(item)
+        if len(taken) == 4:
+            break
+    assert "urgent" in taken[:2] and "i0" in taken[:4]
+    assert len(queue) == 1002 - 4
+
+
+def test_fair_queue_lookahead_skips_blocked_heads() -> None:
+    queue: FairQueue[str] = FairQueue()
+    for item in ["blocked1", "blocked2", "ok"]:
+        queue.push(b"c", 0, item)
+    assert list(queue.rounds(lambda item: item == "ok")) == ["ok"]
+    assert len(queue) == 2 and queue.remove(b"c", 0, "blocked2") and len(queue) == 1
+
+
+def test_circuit_breaker_cycle() -> None:
+    health = Health("p", CircuitPolicy(failures=3, cooldown=10, max_cooldown=40))
+    for _ in range(2):
+        assert health.record_failure(0.0, "server_error") is None
+    assert health.state == "degraded"
+    assert health.record_failure(0.0, "server_error") == "open"
+    assert not health.allows(5.0) and health.ready_at() == 10.0
+    assert health.allows(10.0)
+    assert health.on_dispatch(10.0) == "half_open"
+    assert not health.allows(10.0)  # one probe at a time
+    assert health.record_failure(11.0, "server_error") == "open"
+    assert health.cooldown == 20  # doubled after a failed probe
+    health.on_dispatch(31.0)
+    assert health.record_success(0.1) == "closed"
+    assert health.circuit is Circuit.CLOSED
+    assert health.state == "degraded"  # closed, but most recent outcomes were failures
+    for _ in range(15):
+        health.record_success(0.1)
+    assert health.state == "healthy"
+
+
+def test_hold_opens_at_once() -> None:
+    health = Health("p", CircuitPolicy(failures=5, cooldown=1))
+    assert health.record_failure(0.0, "quota_exhausted", hold=600) == "open"
+    assert health.ready_at() == 600
+
+
+def test_pacer_spreads_requests() -> None:
+    pacer = Pacer(rpm=60, tpm=None, now=0.0)  # one per second, burst of 6
+    for _ in range(6):
+        assert pacer.wait_for(1, 0.0) == 0.0
+        pacer.take(1, 0.0)
+    assert pacer.wait_for(1, 0.0) == pytest.approx(1.0)
+    assert pacer.wait_for(1, 1.0) == pytest.approx(0.0)
+    pacer.pause(30.0)
+    assert pacer.wait_for(1, 10.0) == pytest.approx(20.0)
+
+
+def test_pacer_tokens_per_minute() -> None:
+    pacer = Pacer(rpm=None, tpm=6000, now=0.0)  # 100 tokens/s, burst 600
+    pacer.take(600, 0.0)
+    assert pacer.wait_for(200, 0.0) == pytest.approx(2.0)
+
+
+def _config():  # type: ignore[no-untyped-def]
+    return parse_config(
+        {
+            "providers": {
+                "openai": {"kind": "mock", "models": ["gpt-x"]},
+                "claude": {"kind": "mock", "models": ["sonnet"]},
+                "local": {"kind": "mock", "models": ["llama"]},
+            },
+            "routes": {"smart": ["openai:gpt-x", "claude:sonnet", "local:llama"]},
+        }
+    )
+
+
+def test_routing_removes_candidates_that_cannot_honour_a_parameter() -> None:
+    features = {
+        "openai": frozenset({"max_tokens"}),
+        "claude": frozenset({"max_tokens", "top_k"}),
+        "local": frozenset({"max_tokens", "top_k", "repeat_penalty"}),
+    }
+    job = build_job(route="smart", prompt="x", top_k=3)
+    candidates, skipped = resolve(job, _config(), features.__getitem__)
+    assert candidates == [Candidate("claude", "sonnet"), Candidate("local", "llama")]
+    assert skipped == [{"candidate": "openai:gpt-x", "reason": "openai cannot honour top_k"}]
+    job = build_job(route="smart", prompt="x", repeat_penalty=1.1, top_k=2)
+    assert [str(c) for c in resolve(job, _config(), features.__getitem__)[0]] == ["local:llama"]
+    with pytest.raises(ProviderError) as info:
+        resolve(
+            build_job(model="openai:gpt-x", prompt="x", repeat_penalty=1.1),
+            _config(),
+            features.__getitem__,
+        )
+    assert info.value.category is ErrorCategory.UNSUPPORTED
+    assert "openai cannot honour repeat_penalty" in info.value.message
+
+
+def test_routing_by_model_name_and_errors() -> None:
+    everything = lambda _: frozenset({"max_tokens"})  # noqa: E731
+    assert resolve(build_job(model="sonnet", prompt="x"), _config(), everything)[0] == [
+        Candidate("claude", "sonnet")
+    ]
+    with pytest.raises(ProviderError, match="no provider serves model"):
+        resolve(build_job(model="gpt-9", prompt="x"), _config(), everything)
+    with pytest.raises(ProviderError, match="unknown route"):
+        resolve(build_job(route="nope", prompt="x"), _config(), everything)
+
+
+def test_config_errors_are_clear() -> None:
+    with pytest.raises(ConfigError, match="unknown key 'capcity'"):
+        parse_config({"providers": {"m": {"kind": "mock", "capcity": 3}}})
+    with pytest.raises(ConfigError, match="kind 'gpt' unknown"):
+        parse_config({"providers": {"m": {"kind": "gpt"}}})
+    with pytest.raises(ConfigError, match="unknown provider 'x'"):
+        parse_config({"providers": {"m": {"kind": "mock"}}, "routes": {"r": ["x:y"]}})
+    assert default_config().routes == {"default": ["mock:echo"]}
