@@ -1,8 +1,10 @@
+# ruff: noqa: E501  (literal wire captures)
 """The HTTP backends end to end against the fake servers: text, usage, pooling, cancel, errors."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -302,3 +304,53 @@ def test_auth_headers(kind_fake: tuple[str, FakeServer]) -> None:
     else:
         assert headers["authorization"] == f"Bearer {FAKE_KEY}"
     assert headers["user-agent"].startswith("llmrelay/")
+
+
+# -- tool calls (the literal streams of the wire-format reference) ----------------------------
+
+OPENAI_TOOL_STREAM = [
+    b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4o","choices":[{"index":0,"delta":{"role":"assistant","content":null,"tool_calls":[{"index":0,"id":"call_4Xz","type":"function","function":{"name":"get_weather","arguments":""}}],"refusal":null},"logprobs":null,"finish_reason":null}]}\n\n',
+    b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4o","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\\""}}]},"logprobs":null,"finish_reason":null}]}\n\n',
+    b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4o","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"city\\":\\"Paris\\"}"}}]},"logprobs":null,"finish_reason":null}]}\n\n',
+    b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4o","choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"tool_calls"}]}\n\n',
+    b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4o","choices":[],"usage":{"prompt_tokens":44,"completion_tokens":16,"total_tokens":60,"completion_tokens_details":{"reasoning_tokens":0}}}\n\n',
+    b"data: [DONE]\n\n",
+]
+ANTHROPIC_TOOL_STREAM = [
+    b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","content":[],"model":"claude-x","stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":44,"cache_read_input_tokens":6,"output_tokens":1}}}\n\n',
+    b'event: content_block_start\ndata: {"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"call_4Xz","name":"get_weather","caller":{"type":"direct"},"input":{}}}\n\n',
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":""}}\n\n',
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{\\"city\\":"}}\n\n',
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"\\"Paris\\"}"}}\n\n',
+    b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n',
+    b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},"usage":{"output_tokens":16}}\n\n',
+    b'event: message_stop\ndata: {"type":"message_stop"}\n\n',
+]
+OLLAMA_TOOL_STREAM = [
+    b'{"model":"llama3.2","created_at":"2025-07-07T20:22:19.184789Z","message":{"role":"assistant","content":"","tool_calls":[{"function":{"name":"get_weather","arguments":{"city":"Paris"}}}]},"done":false}\n',
+    b'{"model":"llama3.2","created_at":"2025-07-07T20:22:19.3Z","message":{"role":"assistant","content":""},"done_reason":"stop","done":true,"prompt_eval_count":50,"eval_count":10}\n',
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "raw", "usage"),
+    [
+        ("openai", OPENAI_TOOL_STREAM, (44, 16)),
+        ("anthropic", ANTHROPIC_TOOL_STREAM, (50, 16)),  # cached prompt tokens count too
+        ("ollama", OLLAMA_TOOL_STREAM, (50, 10)),
+    ],
+)
+def test_streamed_tool_calls(
+    kind: str, raw: list[bytes], usage: tuple[int, int], request: Any
+) -> None:
+    fake: FakeServer = request.getfixturevalue(f"{kind}_fake")
+    fake.default = Reply(raw=raw)
+    _, text, finish = asyncio.run(run_one(kind, fake))
+    assert text == "" and finish.reason == "tool_calls"
+    (call,) = finish.extra["tool_calls"]
+    assert call["type"] == "function" and call["function"]["name"] == "get_weather"
+    assert json.loads(call["function"]["arguments"]) == {"city": "Paris"}
+    if kind != "ollama":
+        assert call["id"] == "call_4Xz"
+    p, c = usage
+    assert finish.usage == {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
