@@ -57,7 +57,7 @@ class Broker:
         self.config = config
         bc = config.broker
         self.bc = bc
-        self.ctx = zmq.Context.instance()
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.opts = bc.socket_options()
         self.clients = self._router(bc.client_endpoint)
         self.workers_sock = self._router(bc.worker_endpoint)
@@ -96,7 +96,7 @@ class Broker:
         self.log = log.bind(component="broker")
 
     def _router(self, endpoint: str) -> zmq.Socket[bytes]:
-        sock = self.ctx.socket(zmq.ROUTER)
+        sock: zmq.Socket[bytes] = self.ctx.socket(zmq.ROUTER)
         tune_socket(sock, self.opts)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         apply_server_curve(sock, self.opts)
@@ -399,7 +399,7 @@ class Broker:
     def _attempt_failed(self, js: JobState, error: dict[str, Any]) -> None:
         now = time.monotonic()
         try:
-            category = ErrorCategory(error.get("category"))
+            category = ErrorCategory(str(error.get("category")))
         except ValueError:
             category = ErrorCategory.PROTOCOL
         assert js.candidate is not None
@@ -463,8 +463,8 @@ class Broker:
 
     def _backoff(self, tries: int) -> float:
         """Exponential backoff with full jitter in [50%, 100%] of the step."""
-        step = min(self.bc.retry_base_delay * 2 ** max(0, tries - 1), self.bc.retry_max_delay)
-        return step * (0.5 + random.random() / 2)
+        step = min(self.bc.retry_base_delay * 2.0 ** max(0, tries - 1), self.bc.retry_max_delay)
+        return float(step * (0.5 + random.random() / 2))
 
     def _job_error(self, js: JobState, why: str) -> ProviderError:
         last = js.last_error or {}

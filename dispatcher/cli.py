@@ -37,7 +37,9 @@ def _worker_spec(args: argparse.Namespace) -> ProviderSpec:
     raw = os.environ.get("LLMRELAY_WORKER_SPEC")
     if raw:  # spawned by the broker: the spec travels in the environment, never in argv
         return ProviderSpec(**json.loads(raw))
-    config = load_config(args.config) if (args.config or os.environ.get("LLMRELAY_CONFIG")) else None
+    config = (
+        load_config(args.config) if (args.config or os.environ.get("LLMRELAY_CONFIG")) else None
+    )
     if config is not None and args.provider in config.providers:
         return config.providers[args.provider]
     if args.provider in KINDS:

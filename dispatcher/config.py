@@ -97,7 +97,7 @@ def parse_config(data: dict[str, Any], path: str | None = None) -> Config:
     for name, raw in (data.get("routes") or {}).items():
         candidates = raw.get("candidates") if isinstance(raw, dict) else raw
         if not isinstance(candidates, list) or not all(isinstance(c, str) for c in candidates):
-            raise ConfigError(f"[routes.{name}] needs candidates = [\"provider:model\", ...]")
+            raise ConfigError(f'[routes.{name}] needs candidates = ["provider:model", ...]')
         for candidate in candidates:
             provider = candidate.partition(":")[0]
             if provider not in providers:

@@ -67,7 +67,10 @@ class Supervisor:
         self.flap_window = flap_window
         self.heartbeat_interval = heartbeat_interval
         self.managed = [
-            Managed(spec, replica) for spec in specs if spec.spawn for replica in range(spec.replicas)
+            Managed(spec, replica)
+            for spec in specs
+            if spec.spawn
+            for replica in range(spec.replicas)
         ]
 
     def _start(self, item: Managed) -> None:

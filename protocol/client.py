@@ -27,7 +27,14 @@ from protocol import messages as m
 from protocol.errors import ErrorCategory, ProtocolViolation, ProviderError
 from protocol.job import Job, new_job_id
 from protocol.results import Done, Event, Reset, Result, Token
-from protocol.transport import SocketOptions, apply_client_curve, tune_socket
+from protocol.transport import (
+    SocketOptions,
+    apply_client_curve,
+    drain,
+    send_fast,
+    shadow,
+    tune_socket,
+)
 
 DEFAULT_ENDPOINT = os.environ.get("LLMRELAY_ENDPOINT", "tcp://127.0.0.1:5555")
 T = TypeVar("T")
@@ -116,6 +123,7 @@ class AsyncClient:
         self.socket_options = socket_options or SocketOptions()
         self.ctx = zmq.asyncio.Context.instance()
         self.sock: zmq.asyncio.Socket | None = None
+        self.raw: zmq.Socket[bytes]
         self.pending: dict[str, _Pending] = {}
         self.status_waiters: list[asyncio.Future[dict[str, Any]]] = []
         self.tasks: list[asyncio.Task[None]] = []
@@ -153,6 +161,7 @@ class AsyncClient:
         apply_client_curve(sock, self.socket_options)
         sock.connect(self.endpoint)
         self.sock = sock
+        self.raw = shadow(sock)
         self.last_heard = time.monotonic()
 
     async def _reconnect(self) -> None:
@@ -178,8 +187,7 @@ class AsyncClient:
 
     async def _send(self, msg: m.Message) -> None:
         await self._ensure_started()
-        assert self.sock is not None
-        await self.sock.send(msg.encode())
+        await send_fast(self.sock, self.raw, [msg.encode()])
 
     async def _send_submit(self, pending: _Pending) -> None:
         await self._send(
@@ -200,16 +208,15 @@ class AsyncClient:
             if self.want_reconnect:
                 self.want_reconnect = False
                 await self._reconnect()
-            sock = self.sock
-            assert sock is not None
-            if not await sock.poll(100):
+            assert self.sock is not None
+            if not await self.sock.poll(100):
                 continue
-            frames = await sock.recv_multipart()
             self.last_heard = time.monotonic()
-            try:
-                self._handle(frames)
-            except ProtocolViolation:
-                continue  # a garbled broker message: heartbeats and resubmission recover
+            for frames in drain(self.raw):
+                try:
+                    self._handle(frames)
+                except ProtocolViolation:
+                    continue  # a garbled broker message: heartbeats and resubmission recover
 
     def _handle(self, frames: list[bytes]) -> None:
         msg = m.decode(frames[0])
@@ -304,30 +311,38 @@ class AsyncClient:
         stop a batch. A full broker (broker_busy) makes the batch wait, not fail.
         """
         source = iter(jobs)
-        running: set[asyncio.Task[Result | ProviderError]] = set()
+        running: set[asyncio.Task[None]] = set()
+        finished: asyncio.Queue[Result | ProviderError] = asyncio.Queue()
 
-        async def one(spec: Mapping[str, Any]) -> Result | ProviderError:
+        async def one(spec: Mapping[str, Any]) -> None:
             job = build_job(**spec)
             while True:
                 try:
-                    return await self._collect(job)
+                    finished.put_nowait(await self._collect(job))
+                    return
                 except ProviderError as exc:
                     if exc.category is not ErrorCategory.BROKER_BUSY:
                         exc.job_id = job.id
-                        return exc
+                        finished.put_nowait(exc)
+                        return
                     await asyncio.sleep(busy_retry)
 
+        outstanding = 0  # jobs started whose outcome was not yielded yet
+
         def refill() -> None:
-            for spec in itertools.islice(source, concurrency - len(running)):
-                running.add(asyncio.create_task(one(spec)))
+            nonlocal outstanding
+            for spec in itertools.islice(source, concurrency - outstanding):
+                task = asyncio.create_task(one(spec))
+                running.add(task)
+                task.add_done_callback(running.discard)
+                outstanding += 1
 
         refill()
         try:
-            while running:
-                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    running.discard(task)
-                    yield task.result()
+            while outstanding:
+                outcome = await finished.get()
+                outstanding -= 1
+                yield outcome
                 refill()
         finally:
             for task in running:
@@ -343,7 +358,9 @@ class AsyncClient:
         try:
             return await asyncio.wait_for(waiter, timeout)
         except TimeoutError:
-            raise ProviderError(ErrorCategory.NETWORK, f"no status reply from {self.endpoint}")
+            raise ProviderError(
+                ErrorCategory.NETWORK, f"no status reply from {self.endpoint}"
+            ) from None
         finally:
             if waiter in self.status_waiters:
                 self.status_waiters.remove(waiter)

@@ -98,8 +98,8 @@ def validate_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _content_part(part: Any, where: str) -> dict[str, Any]:
-    part = v.need_map(part, where)
+def _content_part(raw: Any, where: str) -> dict[str, Any]:
+    part = v.need_map(raw, where)
     kind = v.need_enum(part.get("type"), f"{where}.type", ("text", "image_url"))
     if kind == "text":
         v.no_extra(part, ("type", "text"), where)
@@ -115,8 +115,8 @@ def _content_part(part: Any, where: str) -> dict[str, Any]:
     return part
 
 
-def _message(msg: Any, where: str) -> dict[str, Any]:
-    msg = v.need_map(msg, where)
+def _message(raw: Any, where: str) -> dict[str, Any]:
+    msg = v.need_map(raw, where)
     v.no_extra(msg, ("role", "content", "name", "tool_call_id", "tool_calls"), where)
     role = v.need_enum(msg.get("role"), f"{where}.role", ROLES)
     content = msg.get("content")

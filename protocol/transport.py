@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import zmq
 
@@ -25,7 +26,7 @@ class SocketOptions:
         return self.server_public_key is not None
 
 
-def tune_socket(sock: zmq.Socket[bytes], opts: SocketOptions) -> None:
+def tune_socket(sock: zmq.Socket[Any], opts: SocketOptions) -> None:
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, opts.max_message_bytes)
     sock.setsockopt(zmq.SNDHWM, opts.sndhwm)
@@ -35,7 +36,7 @@ def tune_socket(sock: zmq.Socket[bytes], opts: SocketOptions) -> None:
     sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
 
 
-def apply_client_curve(sock: zmq.Socket[bytes], opts: SocketOptions) -> None:
+def apply_client_curve(sock: zmq.Socket[Any], opts: SocketOptions) -> None:
     """Client or worker side: authenticate to a CURVE broker (ephemeral keys if none given)."""
     if not opts.curve:
         return
@@ -48,10 +49,34 @@ def apply_client_curve(sock: zmq.Socket[bytes], opts: SocketOptions) -> None:
     sock.curve_serverkey = opts.server_public_key.encode()  # type: ignore[union-attr]
 
 
-def apply_server_curve(sock: zmq.Socket[bytes], opts: SocketOptions) -> None:
+def apply_server_curve(sock: zmq.Socket[Any], opts: SocketOptions) -> None:
     """Broker side: must run before bind."""
     if not opts.curve:
         return
     sock.curve_secretkey = opts.server_secret_key.encode()  # type: ignore[union-attr]
     sock.curve_publickey = opts.server_public_key.encode()  # type: ignore[union-attr]
     sock.curve_server = True
+
+
+def shadow(sock: zmq.Socket[Any]) -> zmq.Socket[bytes]:
+    """A plain (blocking-API) view of an asyncio socket for cheap non-blocking calls."""
+    return zmq.Socket.shadow(sock.underlying)
+
+
+def drain(raw: zmq.Socket[bytes], limit: int = 1000) -> list[list[bytes]]:
+    """Every message already queued (up to `limit`), without one await per message."""
+    batch: list[list[bytes]] = []
+    for _ in range(limit):
+        try:
+            batch.append(raw.recv_multipart(zmq.NOBLOCK))
+        except zmq.Again:
+            break
+    return batch
+
+
+async def send_fast(sock: Any, raw: zmq.Socket[bytes], frames: list[bytes]) -> None:
+    """Send without an event-loop round trip when the queue has room (the usual case)."""
+    try:
+        raw.send_multipart(frames, zmq.NOBLOCK, copy=False)
+    except zmq.Again:
+        await sock.send_multipart(frames, copy=False)

@@ -8,6 +8,8 @@ import pytest
 
 from tests.harness import BrokerProcess
 
+pytest_plugins = ["tests.fakes.fixtures"]
+
 
 @pytest.fixture
 def broker_factory(tmp_path: Path) -> Iterator[Callable[..., BrokerProcess]]:

@@ -100,10 +100,11 @@ class BrokerProcess:
         self.log_path = tmp / "broker.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
+        self.log_level = "debug"
 
     def start(self, wait: bool = True) -> BrokerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        env = {**os.environ, "LLMRELAY_LOG_LEVEL": "debug", "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "LLMRELAY_LOG_LEVEL": self.log_level, "PYTHONPATH": str(ROOT)}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dispatcher.cli", "broker", "--config", str(self.config)],
             stdout=log,

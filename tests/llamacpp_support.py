@@ -1,57 +1,15 @@
-"""Shared fixtures and helpers for the llama.cpp tests (imported by tests/test_llamacpp_*.py)."""
+"""Helpers for the llama.cpp tests (fixtures are in tests/llamacpp_fixtures.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import signal
 import sys
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-import psutil
-import pytest
-
-from workers.llamacpp.binary import BinaryNotFound, ServerBinary, find_llama_server
-from workers.llamacpp.tinymodel import write_tiny_model
 from workers.spec import ProviderSpec
-
-LONG_CTX = 16384  # long enough to still be generating when a test acts mid-stream
-
-
-@pytest.fixture(scope="session")
-def llama_binary() -> ServerBinary:
-    try:
-        return find_llama_server()
-    except BinaryNotFound as exc:
-        pytest.skip(f"llama-server binary not available: {exc}")
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_model(tmp_path_factory.mktemp("llama") / "tiny.gguf")
-
-
-@pytest.fixture(scope="session")
-def long_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_model(tmp_path_factory.mktemp("llama") / "tiny-long.gguf", n_ctx=LONG_CTX)
-
-
-@pytest.fixture(autouse=True)
-def reap_children() -> Iterator[None]:
-    """Whatever a test started (servers, worker subprocesses) dies with it, failed or not."""
-    before = {p.pid for p in psutil.Process().children(recursive=True)}
-    yield
-    for child in psutil.Process().children(recursive=True):
-        if child.pid in before:
-            continue
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(child.pid, signal.SIGKILL)  # our children lead their own groups
-        with contextlib.suppress(psutil.Error):
-            child.kill()
 
 
 def spec_for(model: Path, capacity: int = 2, **options: Any) -> ProviderSpec:
@@ -94,7 +52,8 @@ class H(BaseHTTPRequestHandler):
         with open(hits, "a") as f:
             f.write("x")
         if state["n"] <= script.get("loading_503", 0):
-            body, code = b'{"error":{"code":503,"message":"Loading model","type":"unavailable_error"}}', 503
+            body = b'{"error":{"code":503,"message":"Loading model","type":"unavailable_error"}}'
+            code = 503
         else:
             body, code = b'{"status":"ok"}', 200
             if script.get("hang_after_ready") and state["n"] > script.get("loading_503", 0) + 1:

@@ -228,5 +228,5 @@ def test_bad_job_rejected_at_submit_with_a_clear_error(broker_factory: Any) -> N
         assert info.value.category is ErrorCategory.NOT_FOUND
         with pytest.raises(ProviderError, match="unknown route"):
             client.complete(route="missing", prompt="x")
-    with pytest.raises(Exception, match="params.frequency_penalty"):
+    with pytest.raises(Exception, match=r"params\.frequency_penalty"):
         build_job(model="mock:echo", prompt="x", frequency_penalty=9)

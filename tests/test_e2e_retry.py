@@ -39,8 +39,11 @@ def test_failover_semantics(broker_factory: Any) -> None:
     with broker.client() as client:
         # Quota exhausted: never again on that provider, fail over, and the provider's
         # circuit opens so the next job skips it without an attempt.
-        result = client.complete(route="chain", prompt="x", metadata=script(
-            {"attempt": 1, "category": "quota_exhausted", "status_code": 429}))
+        result = client.complete(
+            route="chain",
+            prompt="x",
+            metadata=script({"attempt": 1, "category": "quota_exhausted", "status_code": 429}),
+        )
         assert result.text == "".join(TOKENS)
         assert outcomes(result) == [("flaky", "quota_exhausted"), ("backup", "ok")]
         second = client.complete(route="chain", prompt="y")
@@ -55,22 +58,39 @@ def test_rate_limit_retries_then_invalid_request_is_final(broker_factory: Any) -
     broker = broker_factory({"solo": {"kind": "mock", "capacity": 2}})
     broker.wait_workers(1)
     with broker.client() as client:
-        result = client.complete(model="solo:echo", prompt="x", metadata=script(
-            {"attempt": 1, "category": "rate_limited", "retry_after": 0.3},
-            {"attempt": 2, "category": "server_error", "status_code": 502}))
+        result = client.complete(
+            model="solo:echo",
+            prompt="x",
+            metadata=script(
+                {"attempt": 1, "category": "rate_limited", "retry_after": 0.3},
+                {"attempt": 2, "category": "server_error", "status_code": 502},
+            ),
+        )
         assert outcomes(result) == [
-            ("solo", "rate_limited"), ("solo", "server_error"), ("solo", "ok")]
+            ("solo", "rate_limited"),
+            ("solo", "server_error"),
+            ("solo", "ok"),
+        ]
         assert result.attempts[0]["retry_after"] == 0.3
         with pytest.raises(ProviderError) as info:
-            client.complete(model="solo:echo", prompt="x", metadata=script(
-                {"category": "invalid_request", "status_code": 400, "message": "bad schema"}))
+            client.complete(
+                model="solo:echo",
+                prompt="x",
+                metadata=script(
+                    {"category": "invalid_request", "status_code": 400, "message": "bad schema"}
+                ),
+            )
         err = info.value
         assert err.category is ErrorCategory.INVALID_REQUEST and not err.retryable
         assert err.status_code == 400 and "bad schema" in err.message
         assert len(err.attempts) == 1
         with pytest.raises(ProviderError) as info:
-            client.complete(model="solo:echo", prompt="x", max_attempts=2,
-                            metadata=script({"category": "server_error"}))
+            client.complete(
+                model="solo:echo",
+                prompt="x",
+                max_attempts=2,
+                metadata=script({"category": "server_error"}),
+            )
         assert info.value.category is ErrorCategory.SERVER_ERROR
         assert [a["outcome"] for a in info.value.attempts] == ["server_error"] * 2
     retries = broker.events("retry_scheduled")
@@ -81,8 +101,13 @@ def test_partial_output_policies(broker_factory: Any) -> None:
     broker = broker_factory({"solo": {"kind": "mock", "capacity": 2}})
     broker.wait_workers(1)
     with broker.client() as client:
-        events = list(client.stream(model="solo:echo", prompt="x", metadata=script(
-            {"attempt": 1, "after": 3, "category": "network"})))
+        events = list(
+            client.stream(
+                model="solo:echo",
+                prompt="x",
+                metadata=script({"attempt": 1, "after": 3, "category": "network"}),
+            )
+        )
         kinds = [type(e).__name__ for e in events]
         assert kinds.count("Reset") == 1
         reset_at = kinds.index("Reset")
@@ -94,9 +119,12 @@ def test_partial_output_policies(broker_factory: Any) -> None:
 
         received: list[str] = []
         with pytest.raises(ProviderError) as info:
-            for event in client.stream(model="solo:echo", prompt="x", on_partial="fail",
-                                       metadata=script({"attempt": 1, "after": 3,
-                                                        "category": "network"})):
+            for event in client.stream(
+                model="solo:echo",
+                prompt="x",
+                on_partial="fail",
+                metadata=script({"attempt": 1, "after": 3, "category": "network"}),
+            ):
                 if isinstance(event, Token):
                     received.append(event.text)
         assert info.value.category is ErrorCategory.NETWORK
@@ -104,20 +132,32 @@ def test_partial_output_policies(broker_factory: Any) -> None:
         assert "".join(received) == "".join(TOKENS[:3])
 
         # A failure before any token reached the caller is invisible: no reset.
-        events = list(client.stream(model="solo:echo", prompt="x", metadata=script(
-            {"attempt": 1, "after": 0, "category": "overloaded"})))
+        events = list(
+            client.stream(
+                model="solo:echo",
+                prompt="x",
+                metadata=script({"attempt": 1, "after": 0, "category": "overloaded"}),
+            )
+        )
         assert not any(isinstance(e, Reset) for e in events)
         assert events[-1].result.text == "".join(TOKENS)
 
 
 def test_open_circuit_makes_jobs_wait_for_recovery(broker_factory: Any) -> None:
-    broker = broker_factory({"solo": {"kind": "mock", "capacity": 2}},
-                            circuit_failures=2, circuit_cooldown=1.0)
+    broker = broker_factory(
+        {"solo": {"kind": "mock", "capacity": 2}}, circuit_failures=2, circuit_cooldown=1.0
+    )
     broker.wait_workers(1)
     with broker.client() as client:
-        result = client.complete(model="solo:echo", prompt="x", timeout=30, metadata=script(
-            {"attempt": 1, "category": "server_error"},
-            {"attempt": 2, "category": "server_error"}))
+        result = client.complete(
+            model="solo:echo",
+            prompt="x",
+            timeout=30,
+            metadata=script(
+                {"attempt": 1, "category": "server_error"},
+                {"attempt": 2, "category": "server_error"},
+            ),
+        )
         assert [a["outcome"] for a in result.attempts] == ["server_error", "server_error", "ok"]
         assert client.status()["health"]["solo"]["circuit"] == "closed"
     for event in ("circuit_opened", "circuit_half_open", "circuit_closed"):
@@ -129,8 +169,12 @@ def test_deadline_fails_a_stalled_job(broker_factory: Any) -> None:
     broker.wait_workers(1)
     with broker.client() as client:
         with pytest.raises(ProviderError) as info:
-            client.complete(model="solo:echo", prompt="x", timeout=1.0,
-                            metadata=script({"after": 2, "mode": "stall"}))
+            client.complete(
+                model="solo:echo",
+                prompt="x",
+                timeout=1.0,
+                metadata=script({"after": 2, "mode": "stall"}),
+            )
         assert info.value.category is ErrorCategory.DEADLINE
         # The stalled attempt was cancelled on the worker, freeing its slot.
         assert client.complete(model="solo:echo", prompt="ok").text == "ok "
@@ -141,16 +185,20 @@ def test_full_broker_answers_with_a_clear_error(broker_factory: Any) -> None:
     broker.wait_workers(1)
     slow = {"mock": {"tokens": ["a"], "first_token_delay": 2.0}}
     with broker.client() as client:
-        outcomes_ = list(client.map(
-            [{"model": "solo:echo", "prompt": "x", "metadata": slow} for _ in range(3)],
-            concurrency=3))
+        outcomes_ = list(
+            client.map(
+                [{"model": "solo:echo", "prompt": "x", "metadata": slow} for _ in range(3)],
+                concurrency=3,
+            )
+        )
         assert all(not isinstance(o, ProviderError) for o in outcomes_)  # map waited
 
         async def burst() -> list[Any]:
             async with AsyncClient(broker.client_endpoint) as c:
                 return await asyncio.gather(
-                    *(c.complete(model="solo:echo", prompt="x", metadata=slow)
-                      for _ in range(5)), return_exceptions=True)
+                    *(c.complete(model="solo:echo", prompt="x", metadata=slow) for _ in range(5)),
+                    return_exceptions=True,
+                )
 
         results = asyncio.run(burst())
         busy = [r for r in results if isinstance(r, ProviderError)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
@@ -57,7 +58,7 @@ def test_streamed_and_whole_responses_agree(kind_fake: tuple[str, FakeServer]) -
     _, whole_text, whole_finish = asyncio.run(run_one(kind, fake, stream=False))
     assert [e.text for e in events[:-1] if isinstance(e, TextDelta)] == ["Hel", "lo", " wörld"]
     assert text == whole_text == "Hello wörld"
-    expected = {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}
+    expected: dict[str, Any] = {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}
     if kind == "openrouter":
         expected["cost"] = 0.00005
     assert finish.usage == whole_finish.usage == expected
@@ -127,6 +128,7 @@ def test_consumer_stopping_early_closes_the_stream(openai_fake: FakeServer) -> N
     async def main() -> None:
         async with started(backend_for("openai", openai_fake)) as backend:
             stream = backend.generate(make_job(), "test-model", 1)
+            assert isinstance(stream, AsyncGenerator)
             assert await anext(stream) == TextDelta("a")
             await stream.aclose()
 
@@ -235,8 +237,17 @@ def test_connection_refused_is_network() -> None:
         ("openai", [b"data: \xff\xfe\n\n"]),  # not UTF-8
         ("openai", [b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n']),  # no finish, no [DONE]
         ("anthropic", [b'event: message_start\ndata: {"type":"message_start","message":{}}\n\n']),
+        ("openai", [b'data: {"choices":[1]}\n\n']),  # JSON of the wrong shape
     ],
-    ids=["bad-json", "not-an-object", "ndjson-junk", "bad-utf8", "truncated", "no-message_stop"],
+    ids=[
+        "bad-json",
+        "not-an-object",
+        "ndjson-junk",
+        "bad-utf8",
+        "truncated",
+        "no-message_stop",
+        "wrong-shape",
+    ],
 )
 def test_malformed_streams_are_protocol_errors(kind: str, raw: list[bytes], request: Any) -> None:
     fake: FakeServer = request.getfixturevalue(f"{kind}_fake")

@@ -17,7 +17,7 @@ from workers.spec import ProviderSpec
 
 KINDS = ["openai", "anthropic", "openrouter", "ollama"]
 PNG = "data:image/png;base64,iVBORw0KGgo="
-TOOL = {
+TOOL: dict[str, Any] = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -154,7 +154,7 @@ def test_openai_subclass_hooks() -> None:
 
 
 def test_anthropic_request() -> None:
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"role": "system", "content": "Be terse."},
         {"role": "system", "content": [{"type": "text", "text": "No emoji."}]},
         {
@@ -250,7 +250,13 @@ def test_openrouter_repeat_penalty_out_of_range() -> None:
 
 def test_ollama_request() -> None:
     content = [{"type": "text", "text": "what?"}, {"type": "image_url", "image_url": {"url": PNG}}]
-    params = {"max_tokens": 9, "stop": ["x"], "top_k": 4, "repeat_penalty": 1.2, "seed": 3}
+    params: dict[str, Any] = {
+        "max_tokens": 9,
+        "stop": ["x"],
+        "top_k": 4,
+        "repeat_penalty": 1.2,
+        "seed": 3,
+    }
     b = body("ollama", job([{"role": "user", "content": content}], **params), keep_alive="5m")
     assert b["options"] == {
         "num_predict": 9,

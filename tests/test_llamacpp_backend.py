@@ -15,20 +15,15 @@ import pytest
 
 from protocol.errors import ErrorCategory, ProviderError
 from protocol.job import Job
-from tests.llamacpp_support import (  # noqa: F401  (fixtures)
-    llama_binary,
-    long_model,
-    reap_children,
-    run,
-    spec_for,
-    tiny_model,
-)
+from tests.llamacpp_support import run, spec_for
 from workers.backend import Finish, TextDelta
 from workers.llamacpp.binary import ServerBinary
 from workers.providers.llamacpp import LlamaCppBackend
 from workers.registry import backend_class
 
-pytestmark = pytest.mark.llama
+# Fixtures (llama_binary, tiny_model, long_model, reap_children) live in a shared plugin.
+pytest_plugins = ["tests.llamacpp_fixtures"]
+pytestmark = [pytest.mark.llama, pytest.mark.usefixtures("reap_children")]
 
 # Quotes, shell syntax, newlines, tabs, CRLF and non-ASCII (2-, 3- and 4-byte UTF-8).
 NASTY = (

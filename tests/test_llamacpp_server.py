@@ -10,16 +10,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.llamacpp_support import (  # noqa: F401  (fixtures)
-    fake_binary,
-    fake_model,
-    llama_binary,
-    reap_children,
-    run,
-    tiny_model,
-)
+from tests.llamacpp_support import fake_binary, fake_model, run
 from workers.llamacpp.binary import ServerBinary
 from workers.llamacpp.server import LlamaServer, ServerConfig, ServerFailed, ServerState
+
+# Fixtures (llama_binary, tiny_model, long_model, reap_children) live in a shared plugin.
+pytest_plugins = ["tests.llamacpp_fixtures"]
+pytestmark = pytest.mark.usefixtures("reap_children")
 
 
 def fake_config(tmp_path: Path, **script: object) -> ServerConfig:
@@ -174,3 +171,13 @@ def test_real_server_rejects_a_corrupt_model(llama_binary: ServerBinary, tmp_pat
         await server.close()
 
     run(body)
+
+
+@pytest.mark.parametrize("flag", ["--host", "--api-key", "--port=1"])
+def test_extra_args_cannot_override_managed_flags(tmp_path: Path, flag: str) -> None:
+    binary = ServerBinary(fake_binary(tmp_path), "option")
+    options = {"model_path": "m.gguf", "extra_args": [flag, "x"]}
+    with pytest.raises(ValueError, match="manages them"):
+        ServerConfig.from_options(binary, options, 1)
+    ok = ServerConfig.from_options(binary, {"model_path": "m.gguf", "extra_args": ["-t", "2"]}, 3)
+    assert ok.parallel == 3 and ok.extra_args == ["-t", "2"]

@@ -106,7 +106,7 @@ def test_bad_jobs_name_the_parameter(kwargs: dict[str, object], fragment: str) -
 def test_message_validation() -> None:
     with pytest.raises(ProtocolViolation, match="role"):
         build_job(model="m", messages=[{"role": "robot", "content": "x"}])
-    with pytest.raises(ProtocolViolation, match="image_url.url"):
+    with pytest.raises(ProtocolViolation, match=r"image_url\.url"):
         build_job(
             model="m",
             messages=[

@@ -42,15 +42,17 @@ class Backend(ABC):
 
     kind: ClassVar[str]
     # Canonical parameters and content features this provider honours (see protocol.job).
-    features: ClassVar[frozenset[str]] = ALL_FEATURES
+    # The class value is what the broker assumes before a worker registers; an instance may
+    # narrow or widen it in start() from what the server reports (e.g. llama.cpp vision).
+    features: frozenset[str] = ALL_FEATURES
 
     def __init__(self, spec: ProviderSpec) -> None:
         self.spec = spec
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - optional hook
         """Open pooled clients, start local servers. Called once before any job."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook
         """Release everything `start` acquired."""
 
     def info(self) -> dict[str, Any]:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from abc import abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import aclosing, suppress
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import httpx
 
@@ -23,6 +23,8 @@ from workers.backend import Backend, Finish, StreamEvent, TextDelta
 from workers.classify import MAX_MESSAGE, ErrorTable, classify, scrubbed
 from workers.decode import Event, Framing, StreamDecodeError, make_decoder
 from workers.spec import ProviderSpec
+
+T = TypeVar("T")
 
 # Defaults for spec.options; all in seconds.
 CONNECT_TIMEOUT = 10.0
@@ -55,7 +57,7 @@ class StreamError(Exception):
         self.info = info
 
 
-class StreamMapper:
+class StreamMapper(ABC):
     """Per-request state that turns decoded events into text; one per provider."""
 
     done = False  # the provider's terminator was seen
@@ -76,6 +78,14 @@ def load_json(data: str | bytes) -> Any:
         raise Malformed(f"invalid JSON ({exc.msg} at char {exc.pos})") from None
     except ValueError as exc:  # bytes that are not UTF-8
         raise Malformed(f"invalid JSON ({exc})") from None
+
+
+def _shape_checked(read: Callable[[Any], T], data: Any) -> T:
+    """Run a provider's reader; JSON of an unexpected shape is the server's fault, not ours."""
+    try:
+        return read(data)
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise Malformed(f"unexpected response shape ({type(exc).__name__}: {exc})") from None
 
 
 def usage(prompt: Any, completion: Any, cost: Any = None) -> dict[str, Any]:
@@ -277,7 +287,7 @@ class HttpBackend(Backend):
                 raise
             for event in events:
                 if not mapper.done:
-                    for delta in mapper.on_event(event):
+                    for delta in _shape_checked(mapper.on_event, event):
                         yield delta
             if not chunk:
                 break
@@ -290,7 +300,7 @@ class HttpBackend(Backend):
         self, response: httpx.Response, deadline: float
     ) -> AsyncGenerator[StreamEvent, None]:
         body = load_json(await self._read(response, deadline, MAX_BODY, strict=True))
-        text, finish = self.parse_body(body)
+        text, finish = _shape_checked(self.parse_body, body)
         if text:
             yield TextDelta(text)
         yield finish

@@ -26,7 +26,14 @@ import zmq.asyncio
 from protocol import messages as m
 from protocol.errors import ErrorCategory, ProtocolViolation, ProviderError
 from protocol.job import Job
-from protocol.transport import SocketOptions, apply_client_curve, tune_socket
+from protocol.transport import (
+    SocketOptions,
+    apply_client_curve,
+    drain,
+    send_fast,
+    shadow,
+    tune_socket,
+)
 from workers.backend import Backend, Finish, TextDelta
 from workers.registry import backend_class
 from workers.spec import ProviderSpec
@@ -67,6 +74,7 @@ class WorkerRuntime:
         self.backend = backend or backend_class(spec.kind)(spec)
         self.ctx = zmq.asyncio.Context.instance()
         self.sock: zmq.asyncio.Socket | None = None
+        self.raw: zmq.Socket[bytes]
         self.running: dict[tuple[str, int], _Running] = {}
         self.outbox: deque[tuple[str, Any]] = deque()
         self.outbox_ready = asyncio.Event()
@@ -90,6 +98,7 @@ class WorkerRuntime:
         apply_client_curve(sock, self.socket_options)
         sock.connect(self.endpoint)
         self.sock = sock
+        self.raw = shadow(sock)
         self.last_heard = time.monotonic()
         self.outbox.clear()  # messages for the old connection mean nothing to the new one
         self._post(
@@ -134,7 +143,7 @@ class WorkerRuntime:
             sock = self.sock
             assert sock is not None
             try:
-                await sock.send_multipart(frames, copy=False)
+                await send_fast(sock, self.raw, frames)
             except zmq.ZMQError:
                 if sock is self.sock:
                     raise
@@ -276,9 +285,9 @@ class WorkerRuntime:
             assert self.sock is not None
             if not await self.sock.poll(200):
                 continue
-            frames = await self.sock.recv_multipart()
             self.last_heard = time.monotonic()
-            self._handle(frames)
+            for frames in drain(self.raw):
+                self._handle(frames)
 
     async def run(self) -> None:
         structlog.contextvars.bind_contextvars(provider=self.spec.name, worker_pid=os.getpid())

@@ -12,7 +12,8 @@ class ProviderSpec:
     kind: str  # which backend implementation: mock, openai, anthropic, openrouter, ollama, llamacpp
     models: list[str] = field(default_factory=list)
     capacity: int = 8  # jobs one worker runs at once (and its HTTP connection pool size)
-    options: dict[str, Any] = field(default_factory=dict)  # backend-specific settings
+    # backend-specific settings; may hold an api_key, so never in a repr or a log line
+    options: dict[str, Any] = field(default_factory=dict, repr=False)
     spawn: bool = True  # the broker starts and supervises this worker locally
     replicas: int = 1  # local worker processes to spawn
     rpm: float | None = None  # requests per minute the broker lets through

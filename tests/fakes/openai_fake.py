@@ -41,7 +41,7 @@ def sse(obj: Any) -> bytes:
 class OpenAIFake:
     """Renders chat completions; subclasses change paths and quirks (see openrouter_fake)."""
 
-    paths = ("/v1/chat/completions", "/chat/completions")
+    paths: tuple[str, ...] = ("/v1/chat/completions", "/chat/completions")
     keepalive: bytes | None = None
 
     def __init__(self, api_key: str | None = None) -> None:

@@ -13,7 +13,7 @@ import contextlib
 import json
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -39,7 +39,7 @@ class Reply:
     completion_tokens: int | None = None  # default: len(tokens)
     finish_reason: str = "stop"
     cost: float | None = None
-    raw: list[bytes] | None = None  # exact streamed body pieces (replaces rendering)
+    raw: Sequence[Piece] | None = None  # exact streamed body pieces (replaces rendering)
     model: str | None = None  # the model name the server reports (default: the requested one)
 
     @property
@@ -79,7 +79,7 @@ class Response:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""  # sent with Content-Length when `pieces` is None
-    pieces: list[Piece] | None = None  # streamed with chunked transfer encoding
+    pieces: Sequence[Piece] | None = None  # streamed with chunked transfer encoding
 
 
 def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:

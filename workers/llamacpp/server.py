@@ -34,6 +34,10 @@ HOST = "127.0.0.1"
 API_KEY_ENV = "LLAMA_API_KEY"  # llama-server reads --api-key from this variable
 _LEVEL = re.compile(r"^\s*[\d.]+\s+([DIWE])\s")  # "0.00.025.183 E srv ..."
 _BAD = re.compile(r"error|failed|cannot|abort|exception|terminate", re.IGNORECASE)
+# Flags the supervisor owns: overriding them could expose the server or break supervision.
+MANAGED_FLAGS = frozenset(
+    {"--host", "--port", "--api-key", "--api-key-file", "-m", "--model", "-np", "--parallel"}
+)
 _BIND = re.compile(r"bind|address already in use", re.IGNORECASE)
 
 
@@ -99,6 +103,9 @@ class ServerConfig:
         extra = options.get("extra_args", [])
         if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
             raise ValueError("options.extra_args must be a list of strings")
+        managed = sorted({a.split("=", 1)[0] for a in extra} & MANAGED_FLAGS)
+        if managed:
+            raise ValueError(f"options.extra_args may not set {managed}: the worker manages them")
         ctx = options.get("ctx_size")
         ngl = options.get("n_gpu_layers")
         return cls(
@@ -163,7 +170,7 @@ class LlamaServer:
 
     async def start(self) -> None:
         """Launch and wait until ready; ServerFailed if the model cannot be served."""
-        self._probe = httpx.AsyncClient(timeout=self.config.health_timeout)
+        self._probe = httpx.AsyncClient(timeout=self.config.health_timeout, trust_env=False)
         self.state = ServerState.STARTING
         try:
             self._check_model()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
+from dataclasses import replace
 from typing import Any, ClassVar, cast
 
 import httpx
@@ -51,7 +52,8 @@ class LlamaCppBackend(OpenAIBackend):
     max_stop = None
 
     def __init__(self, spec: ProviderSpec) -> None:
-        super().__init__(spec)
+        # Always 127.0.0.1: an HTTP(S)_PROXY from the environment must not capture it.
+        super().__init__(replace(spec, options={"trust_env": False, **spec.options}))
         self.server: LlamaServer | None = None
         self.props: dict[str, Any] = {}
         self.auth_enforced: bool | None = None
@@ -77,8 +79,12 @@ class LlamaCppBackend(OpenAIBackend):
             raise self._error(category, str(exc), retryable=False) from None
         self.base_url = f"{self.server.base_url}/v1"
         self._key = self.server.api_key
-        await super().start()
-        await self._learn_server()
+        try:
+            await super().start()
+            await self._learn_server()
+        except BaseException:
+            await self.close()  # the runtime does not call close() when start() fails
+            raise
 
     async def close(self) -> None:
         await super().close()
@@ -89,13 +95,17 @@ class LlamaCppBackend(OpenAIBackend):
         """Context window, modalities and slots from /props; check the key is enforced."""
         assert self._client is not None and self.server is not None
         root = self.server.base_url
-        resp = await self._client.get(f"{root}/props")
-        resp.raise_for_status()
-        props = resp.json()
+        try:
+            resp = await self._client.get(f"{root}/props")
+            resp.raise_for_status()
+            props = resp.json()
+            # The key travels by environment (LLAMA_API_KEY); an old build might not read it.
+            async with httpx.AsyncClient(timeout=5.0, trust_env=False) as anonymous:
+                self.auth_enforced = (await anonymous.get(f"{root}/props")).status_code == 401
+        except (httpx.HTTPError, ValueError) as exc:
+            message = f"llama-server /props failed: {type(exc).__name__}: {exc}"
+            raise self._error(ErrorCategory.SERVER_ERROR, message, retryable=False) from None
         self.props = props if isinstance(props, dict) else {}
-        # The key travels by environment (LLAMA_API_KEY); an old build might not read it.
-        async with httpx.AsyncClient(timeout=5.0) as anonymous:
-            self.auth_enforced = (await anonymous.get(f"{root}/props")).status_code == 401
         if not self.auth_enforced:
             self.server.log.error("llama_server_auth_not_enforced")
         features = set(type(self).features) | (set(TOOLS) if self.tools_enabled else set())
@@ -151,8 +161,14 @@ class LlamaCppBackend(OpenAIBackend):
     async def _post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         await self._ensure_ready()
         assert self._client is not None and self.server is not None
+        url = f"{self.server.base_url}{path}"
         try:
-            resp = await self._client.post(f"{self.server.base_url}{path}", json=body)
+            try:
+                resp = await self._client.post(url, json=body)
+            except httpx.RemoteProtocolError:
+                # llama-server (cpp-httplib) closes idle keep-alive sockets on its own schedule;
+                # a request that met a just-closed socket was never read: send it again.
+                resp = await self._client.post(url, json=body)
         except httpx.TransportError as exc:
             raise self._error(ErrorCategory.NETWORK, f"{path}: {type(exc).__name__}") from None
         if not resp.is_success:
