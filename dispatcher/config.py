@@ -43,7 +43,8 @@ class BrokerConfig:
     finished_cache: int = 20_000  # finished jobs remembered for idempotent resubmission
     # CURVE (optional): Z85 keys; secrets are better given through the environment
     curve_public_key: str | None = None
-    curve_secret_key_env: str | None = None
+    curve_secret_key_env: str | None = None  # name of the env var holding the secret key
+    curve_allowed_clients: list[str] | None = None  # client public keys; None admits any
 
     def socket_options(self) -> SocketOptions:
         secret = os.environ.get(self.curve_secret_key_env) if self.curve_secret_key_env else None

@@ -93,12 +93,14 @@ class Health:
         )
         if not trip:
             return None
+        was_open = self.circuit is Circuit.OPEN
         if hold is not None:
             self.cooldown = max(hold, self.policy.cooldown)
-        else:
+        elif was_open:
+            return None  # stragglers dispatched before the trip: the cool-down stands
+        else:  # a failed half-open probe doubles the cool-down; a fresh trip starts at base
             doubled = self.cooldown * 2 if self.cooldown else self.policy.cooldown
             self.cooldown = min(doubled, self.policy.max_cooldown)
-        was_open = self.circuit is Circuit.OPEN
         self.circuit = Circuit.OPEN
         self.open_until = max(self.open_until, now + self.cooldown)
         return None if was_open else Circuit.OPEN.value

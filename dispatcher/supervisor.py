@@ -97,8 +97,13 @@ class Supervisor:
         for item in self.managed:
             self._start(item)
 
-    def poll(self, now: float) -> None:
-        """Called from the broker loop: notice exits, restart with backoff, guard flapping."""
+    def poll(self, now: float) -> list[int]:
+        """Called from the broker loop: notice exits, restart with backoff, guard flapping.
+
+        Returns the pids that exited, so the broker can re-dispatch their jobs at once
+        instead of waiting for the heartbeat timeout.
+        """
+        exited: list[int] = []
         for item in self.managed:
             if item.gave_up:
                 continue
@@ -108,6 +113,7 @@ class Supervisor:
                     continue
                 kill_group(item.proc.pid)  # whatever the worker started goes with it
                 log.warning("worker_exited", worker=item.label, pid=item.proc.pid, returncode=code)
+                exited.append(item.proc.pid)
                 item.proc = None
                 item.restarts = [t for t in item.restarts if now - t < self.flap_window]
                 if len(item.restarts) >= self.flap_restarts:
@@ -127,6 +133,7 @@ class Supervisor:
                 item.restarts.append(now)
                 self._start(item)
                 log.info("worker_restarted", worker=item.label, backoff=item.backoff)
+        return exited
 
     def mark_healthy(self, pid: int) -> None:
         """A worker that registered is no longer in a crash loop: reset its backoff."""

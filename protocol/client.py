@@ -120,7 +120,7 @@ class AsyncClient:
         self.endpoint = endpoint
         self.heartbeat_interval = heartbeat_interval
         self.liveness = liveness
-        self.socket_options = socket_options or SocketOptions()
+        self.socket_options = socket_options or SocketOptions.from_env()
         self.ctx = zmq.asyncio.Context.instance()
         self.sock: zmq.asyncio.Socket | None = None
         self.raw: zmq.Socket[bytes]

@@ -57,7 +57,8 @@ DISPOSITION: dict[ErrorCategory, Disposition] = {
 }
 
 # Failures that say something about the provider's health (they feed the circuit breaker).
-# A bad request or a cancel says nothing about the backend.
+# A bad request or a cancel says nothing about the backend, and a lost worker process is the
+# supervisor's business (it restarts it), not a verdict on the provider behind it.
 HEALTH_FAILURES = frozenset(
     {
         ErrorCategory.RATE_LIMITED,
@@ -65,7 +66,6 @@ HEALTH_FAILURES = frozenset(
         ErrorCategory.SERVER_ERROR,
         ErrorCategory.NETWORK,
         ErrorCategory.PROTOCOL,
-        ErrorCategory.WORKER_LOST,
         ErrorCategory.AUTH,
         ErrorCategory.PERMISSION,
         ErrorCategory.QUOTA_EXHAUSTED,

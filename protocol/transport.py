@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,20 @@ class SocketOptions:
     @property
     def curve(self) -> bool:
         return self.server_public_key is not None
+
+    @classmethod
+    def from_env(cls) -> SocketOptions:
+        """Client/worker side: CURVE keys from the environment, never from argv."""
+        return cls(
+            server_public_key=os.environ.get(SERVER_KEY_ENV) or None,
+            client_public_key=os.environ.get(CLIENT_PUBLIC_ENV) or None,
+            client_secret_key=os.environ.get(CLIENT_SECRET_ENV) or None,
+        )
+
+
+SERVER_KEY_ENV = "LLMRELAY_CURVE_SERVER_KEY"  # the broker's public key
+CLIENT_PUBLIC_ENV = "LLMRELAY_CURVE_PUBLIC_KEY"  # this peer's own pair (ephemeral if unset)
+CLIENT_SECRET_ENV = "LLMRELAY_CURVE_SECRET_KEY"
 
 
 def tune_socket(sock: zmq.Socket[Any], opts: SocketOptions) -> None:

@@ -134,3 +134,12 @@ def test_config_errors_are_clear() -> None:
     with pytest.raises(ConfigError, match="unknown provider 'x'"):
         parse_config({"providers": {"m": {"kind": "mock"}}, "routes": {"r": ["x:y"]}})
     assert default_config().routes == {"default": ["mock:echo"]}
+
+
+def test_failures_of_stragglers_do_not_extend_an_open_circuit() -> None:
+    health = Health("p", CircuitPolicy(failures=2, cooldown=5, max_cooldown=120))
+    health.record_failure(0.0, "network")
+    assert health.record_failure(0.0, "network") == "open"
+    for _ in range(20):  # jobs already in flight when it tripped fail one by one
+        assert health.record_failure(0.1, "network") is None
+    assert health.cooldown == 5 and health.ready_at() == 5.0

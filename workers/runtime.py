@@ -70,7 +70,7 @@ class WorkerRuntime:
         self.liveness = liveness
         self.shutdown_grace = shutdown_grace
         self.stats_interval = stats_interval
-        self.socket_options = socket_options or SocketOptions()
+        self.socket_options = socket_options or SocketOptions.from_env()
         self.backend = backend or backend_class(spec.kind)(spec)
         self.ctx = zmq.asyncio.Context.instance()
         self.sock: zmq.asyncio.Socket | None = None

@@ -1,0 +1,50 @@
+"""CURVE on the broker's TCP endpoints: only holders of allowed keys get answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import zmq
+
+from protocol.client import Client
+from protocol.errors import ProviderError
+from protocol.transport import SocketOptions
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def keypair() -> tuple[str, str]:
+    public, secret = zmq.curve_keypair()
+    return public.decode(), secret.decode()
+
+
+def test_curve_admits_allowed_clients_only(broker_factory: Any, monkeypatch: Any) -> None:
+    server_public, server_secret = keypair()
+    client_public, client_secret = keypair()
+    monkeypatch.setenv("TEST_BROKER_SECRET", server_secret)
+    broker = broker_factory(
+        {"mock": {"kind": "mock", "capacity": 2}},
+        curve_public_key=server_public,
+        curve_secret_key_env="TEST_BROKER_SECRET",
+        curve_allowed_clients=[client_public],
+    )
+    good = SocketOptions(server_public_key=server_public, client_public_key=client_public,
+                         client_secret_key=client_secret)
+    with Client(broker.client_endpoint, socket_options=good) as client:
+        for _ in range(100):  # the spawned worker (with the broker's own key) registers
+            if client.status(timeout=10)["workers"]:
+                break
+        assert client.complete(model="mock:echo", prompt="secret handshake").text == (
+            "secret handshake ")
+    stranger_public, stranger_secret = keypair()
+    strangers = [
+        SocketOptions(server_public_key=server_public, client_public_key=stranger_public,
+                      client_secret_key=stranger_secret),
+        SocketOptions(),  # plain text
+    ]
+    for options in strangers:
+        with Client(broker.client_endpoint, socket_options=options) as client:
+            with pytest.raises(ProviderError, match="no status reply"):
+                client.status(timeout=1.5)
+    assert server_secret not in broker.log_path.read_text()

@@ -1,0 +1,58 @@
+"""One client's big batch does not starve another client's interactive job."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from protocol.client import AsyncClient
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_interactive_job_overtakes_a_queued_batch(broker_factory: Any) -> None:
+    broker = broker_factory({"solo": {"kind": "mock", "capacity": 4}})
+    broker.wait_workers(1)
+    slow = {"mock": {"tokens": ["b"], "first_token_delay": 0.02}}
+    batch_done = threading.Event()
+
+    async def batch() -> int:
+        async with AsyncClient(broker.client_endpoint) as client:
+            specs = [{"model": "solo:echo", "prompt": "x", "job_id": f"batch-{i}",
+                      "metadata": slow} for i in range(400)]
+            count = 0
+            async for outcome in client.map(specs, concurrency=400):
+                assert not isinstance(outcome, Exception)
+                count += 1
+            return count
+
+    counts: list[int] = []
+    runner = threading.Thread(target=lambda: (counts.append(asyncio.run(batch())),
+                                              batch_done.set()))
+    runner.start()
+    try:
+        with broker.client() as client:
+            deadline = time.monotonic() + 30
+            while client.status()["queued"] < 300:
+                assert time.monotonic() < deadline, "batch never queued up"
+                time.sleep(0.02)
+            result = client.complete(model="solo:echo", prompt="interactive", job_id="urgent")
+            assert result.text == "interactive "
+            still_queued = client.status()["queued"]
+    finally:
+        runner.join(timeout=90)
+    assert counts == [400]
+    assert still_queued > 100  # the interactive job did not wait for the batch to drain
+    order = [json.loads(line) for line in broker.log_path.read_text().splitlines()
+             if '"job_dispatched"' in line or '"job_accepted"' in line]
+    accepted = next(i for i, e in enumerate(order)
+                    if e["event"] == "job_accepted" and e["job"] == "urgent")
+    dispatched = next(i for i, e in enumerate(order)
+                      if e["event"] == "job_dispatched" and e["job"] == "urgent")
+    jumped = sum(1 for e in order[accepted:dispatched] if e["event"] == "job_dispatched")
+    assert jumped <= 4  # at most one round of freed slots went to the batch first
