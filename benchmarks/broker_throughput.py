@@ -22,7 +22,9 @@ STREAM_TOKENS = 200_000
 
 
 async def direct_jobs(n: int) -> float:
-    backend = MockBackend(ProviderSpec(name="mock", kind="mock", options={"token_count": TOKENS_PER_JOB}))
+    backend = MockBackend(
+        ProviderSpec(name="mock", kind="mock", options={"token_count": TOKENS_PER_JOB})
+    )
     job = build_job(model="mock:echo", prompt="x")
     started = time.perf_counter()
     for _ in range(n):
@@ -41,8 +43,10 @@ async def direct_tokens(n: int) -> float:
 
 
 async def broker_jobs(endpoint: str, n: int, concurrency: int) -> float:
-    specs = [{"model": "mock:echo", "prompt": "x",
-              "metadata": {"mock": {"token_count": TOKENS_PER_JOB}}} for _ in range(n)]
+    specs = [
+        {"model": "mock:echo", "prompt": "x", "metadata": {"mock": {"token_count": TOKENS_PER_JOB}}}
+        for _ in range(n)
+    ]
     async with AsyncClient(endpoint) as client:
         started = time.perf_counter()
         done = 0
@@ -55,8 +59,9 @@ async def broker_jobs(endpoint: str, n: int, concurrency: int) -> float:
 async def broker_tokens(endpoint: str, n: int) -> tuple[float, int]:
     async with AsyncClient(endpoint) as client:
         started = time.perf_counter()
-        result = await client.complete(model="mock:echo", prompt="x",
-                                       metadata={"mock": {"token_count": n}})
+        result = await client.complete(
+            model="mock:echo", prompt="x", metadata={"mock": {"token_count": n}}
+        )
         rate = n / (time.perf_counter() - started)
         return rate, len(result.text)
 
@@ -75,10 +80,14 @@ def main() -> None:
         finally:
             broker.stop()
     print(f"{'measure':<44}{'direct (in-process)':>22}{'through llmrelay':>20}{'ratio':>8}")
-    print(f"{'jobs/s, 10-token mock jobs, 4 workers':<44}{base_jobs:>22,.0f}{via_jobs:>20,.0f}"
-          f"{via_jobs / base_jobs:>8.3f}")
-    print(f"{'tokens/s, one 200k-token stream':<44}{base_tok:>22,.0f}{via_tok:>20,.0f}"
-          f"{via_tok / base_tok:>8.3f}")
+    print(
+        f"{'jobs/s, 10-token mock jobs, 4 workers':<44}{base_jobs:>22,.0f}{via_jobs:>20,.0f}"
+        f"{via_jobs / base_jobs:>8.3f}"
+    )
+    print(
+        f"{'tokens/s, one 200k-token stream':<44}{base_tok:>22,.0f}{via_tok:>20,.0f}"
+        f"{via_tok / base_tok:>8.3f}"
+    )
 
 
 if __name__ == "__main__":

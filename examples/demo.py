@@ -141,8 +141,10 @@ def run(client: Client) -> None:
         rss = (w["stats"].get("rss") or 0) >> 20
         extra = w["stats"].get("server_rss")
         server = f" llama-server rss {extra >> 20} MiB" if extra else ""
-        print(f"   {w['worker']:<26} {w['provider']:<8} {w['inflight']}/{w['capacity']} "
-              f"rss {rss} MiB{server}")
+        print(
+            f"   {w['worker']:<26} {w['provider']:<8} {w['inflight']}/{w['capacity']} "
+            f"rss {rss} MiB{server}"
+        )
     for key, h in status["health"].items():
         print(f"   health {key:<22} {h['state']:<9} circuit={h['circuit']}")
 
@@ -158,7 +160,10 @@ def main() -> int:
     with open(log_path, "wb") as log:
         broker = subprocess.Popen(
             [sys.executable, "-m", "dispatcher.cli", "broker", "--config", str(config)],
-            stdout=log, stderr=log, start_new_session=True, cwd=ROOT,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            cwd=ROOT,
         )
     try:
         with Client(endpoint) as client:

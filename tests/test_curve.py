@@ -29,22 +29,31 @@ def test_curve_admits_allowed_clients_only(broker_factory: Any, monkeypatch: Any
         curve_secret_key_env="TEST_BROKER_SECRET",
         curve_allowed_clients=[client_public],
     )
-    good = SocketOptions(server_public_key=server_public, client_public_key=client_public,
-                         client_secret_key=client_secret)
+    good = SocketOptions(
+        server_public_key=server_public,
+        client_public_key=client_public,
+        client_secret_key=client_secret,
+    )
     with Client(broker.client_endpoint, socket_options=good) as client:
         for _ in range(100):  # the spawned worker (with the broker's own key) registers
             if client.status(timeout=10)["workers"]:
                 break
         assert client.complete(model="mock:echo", prompt="secret handshake").text == (
-            "secret handshake ")
+            "secret handshake "
+        )
     stranger_public, stranger_secret = keypair()
     strangers = [
-        SocketOptions(server_public_key=server_public, client_public_key=stranger_public,
-                      client_secret_key=stranger_secret),
+        SocketOptions(
+            server_public_key=server_public,
+            client_public_key=stranger_public,
+            client_secret_key=stranger_secret,
+        ),
         SocketOptions(),  # plain text
     ]
     for options in strangers:
-        with Client(broker.client_endpoint, socket_options=options) as client:
-            with pytest.raises(ProviderError, match="no status reply"):
-                client.status(timeout=1.5)
+        with (
+            Client(broker.client_endpoint, socket_options=options) as client,
+            pytest.raises(ProviderError, match="no status reply"),
+        ):
+            client.status(timeout=1.5)
     assert server_secret not in broker.log_path.read_text()

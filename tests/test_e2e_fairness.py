@@ -23,8 +23,10 @@ def test_interactive_job_overtakes_a_queued_batch(broker_factory: Any) -> None:
 
     async def batch() -> int:
         async with AsyncClient(broker.client_endpoint) as client:
-            specs = [{"model": "solo:echo", "prompt": "x", "job_id": f"batch-{i}",
-                      "metadata": slow} for i in range(400)]
+            specs = [
+                {"model": "solo:echo", "prompt": "x", "job_id": f"batch-{i}", "metadata": slow}
+                for i in range(400)
+            ]
             count = 0
             async for outcome in client.map(specs, concurrency=400):
                 assert not isinstance(outcome, Exception)
@@ -32,8 +34,9 @@ def test_interactive_job_overtakes_a_queued_batch(broker_factory: Any) -> None:
             return count
 
     counts: list[int] = []
-    runner = threading.Thread(target=lambda: (counts.append(asyncio.run(batch())),
-                                              batch_done.set()))
+    runner = threading.Thread(
+        target=lambda: (counts.append(asyncio.run(batch())), batch_done.set())
+    )
     runner.start()
     try:
         with broker.client() as client:
@@ -48,11 +51,16 @@ def test_interactive_job_overtakes_a_queued_batch(broker_factory: Any) -> None:
         runner.join(timeout=90)
     assert counts == [400]
     assert still_queued > 100  # the interactive job did not wait for the batch to drain
-    order = [json.loads(line) for line in broker.log_path.read_text().splitlines()
-             if '"job_dispatched"' in line or '"job_accepted"' in line]
-    accepted = next(i for i, e in enumerate(order)
-                    if e["event"] == "job_accepted" and e["job"] == "urgent")
-    dispatched = next(i for i, e in enumerate(order)
-                      if e["event"] == "job_dispatched" and e["job"] == "urgent")
+    order = [
+        json.loads(line)
+        for line in broker.log_path.read_text().splitlines()
+        if '"job_dispatched"' in line or '"job_accepted"' in line
+    ]
+    accepted = next(
+        i for i, e in enumerate(order) if e["event"] == "job_accepted" and e["job"] == "urgent"
+    )
+    dispatched = next(
+        i for i, e in enumerate(order) if e["event"] == "job_dispatched" and e["job"] == "urgent"
+    )
     jumped = sum(1 for e in order[accepted:dispatched] if e["event"] == "job_dispatched")
     assert jumped <= 4  # at most one round of freed slots went to the batch first

@@ -19,16 +19,22 @@ from protocol.errors import ProviderError
 
 
 def chaos_run(broker_factory: Any, jobs: int, kills: int) -> None:
-    broker = broker_factory({"mock": {"kind": "mock", "capacity": 8, "replicas": 3}},
-                            flap_restarts=kills + 10)
+    broker = broker_factory(
+        {"mock": {"kind": "mock", "capacity": 8, "replicas": 3}}, flap_restarts=kills + 10
+    )
     broker.log_level = "info"
     broker.wait_workers(3)
     rng = random.Random(7)
 
     def spec(i: int) -> dict[str, Any]:
         tokens = [f"s{i}.{k} " for k in range(rng.randint(1, 40))]
-        return {"model": "mock:echo", "prompt": "x", "job_id": f"soak-{i}", "max_attempts": 10,
-                "metadata": {"mock": {"tokens": tokens, "token_delay": 0.002}}}
+        return {
+            "model": "mock:echo",
+            "prompt": "x",
+            "job_id": f"soak-{i}",
+            "max_attempts": 10,
+            "metadata": {"mock": {"tokens": tokens, "token_delay": 0.002}},
+        }
 
     specs = [spec(i) for i in range(jobs)]
     expected = {s["job_id"]: "".join(s["metadata"]["mock"]["tokens"]) for s in specs}
@@ -36,12 +42,14 @@ def chaos_run(broker_factory: Any, jobs: int, kills: int) -> None:
     async def main() -> dict[str, str]:
         seen: dict[str, str] = {}
         async with AsyncClient(broker.client_endpoint, heartbeat_interval=0.5) as client:
+
             async def chaos() -> None:
                 for _ in range(kills):
                     await asyncio.sleep(rng.uniform(0.3, 1.0))
                     victims = broker.worker_pids()
                     if victims:
                         os.kill(rng.choice(victims), signal.SIGKILL)
+
             killer = asyncio.create_task(chaos())
             async for outcome in client.map(specs, concurrency=64):
                 assert not isinstance(outcome, ProviderError), outcome
