@@ -57,7 +57,10 @@ HOLD_SECONDS = {
     ErrorCategory.QUOTA_EXHAUSTED: 600.0,
 }
 # Failures about the model rather than the provider: only the provider:model entry counts them.
-MODEL_FAILURES = frozenset({ErrorCategory.NOT_FOUND, ErrorCategory.CONTEXT_LENGTH})
+# (context_length is about the caller's prompt, so it feeds no circuit at all.)
+MODEL_FAILURES = frozenset({ErrorCategory.NOT_FOUND})
+REJECTED = "registration rejected"  # prefix a worker treats as fatal
+MAX_RETRY_AFTER = 900.0  # a provider asking for longer is treated as down for that long
 MAX_BATCH = 2000  # messages handled per socket per loop turn, so neither side starves
 
 
@@ -96,6 +99,7 @@ class Broker:
             flap_restarts=bc.flap_restarts,
             flap_window=bc.flap_window,
             heartbeat_interval=bc.heartbeat_interval,
+            private_env=frozenset(filter(None, [bc.curve_secret_key_env])),
         )
         self.counter = itertools.count()
         self.next_wake = math.inf
@@ -306,7 +310,10 @@ class Broker:
             self._worker_lost(old, "worker registered again")
         if msg.provider not in self.config.providers:
             self.log.warning("worker_rejected", provider=msg.provider, reason="unknown provider")
-            self._to_worker(identity, m.Error(message=f"unknown provider {msg.provider!r}"))
+            self._to_worker(
+                identity,
+                m.Error(message=f"{REJECTED}: unknown provider {msg.provider!r}"),
+            )
             return
         self.workers[identity] = WorkerState(
             identity=identity,
@@ -386,7 +393,8 @@ class Broker:
         usage = result.get("usage") or {}
         total = usage.get("total_tokens")
         if pacer is not None and pacer.tokens is not None and isinstance(total, int | float):
-            pacer.tokens.level -= max(0.0, float(total) - js.est_tokens)
+            bucket = pacer.tokens  # settle the estimate charged at dispatch: refund or top up
+            bucket.level = min(bucket.per_minute, bucket.level - (float(total) - js.est_tokens))
 
     def _worker_failed(self, worker: WorkerState, msg: m.Failed) -> None:
         js = worker.jobs.get(msg.job_id)
@@ -439,7 +447,10 @@ class Broker:
         assert js.candidate is not None
         provider, model = js.candidate.provider, js.candidate.model
         retry_after = error.get("retry_after")
-        retry_after = float(retry_after) if isinstance(retry_after, int | float) else None
+        if isinstance(retry_after, int | float) and retry_after >= 0:
+            retry_after = min(float(retry_after), MAX_RETRY_AFTER)
+        else:
+            retry_after = None
         js.trail.append(
             self._trail_entry(
                 js,
@@ -562,6 +573,11 @@ class Broker:
         if not viable:
             self._fail(js, self._job_error(js, "every candidate failed"))
             return True
+        if earliest == math.inf and not js.waiting_logged:
+            js.waiting_logged = True  # once per job: it waits for a worker to register
+            self.log.warning(
+                "job_waiting_for_worker", job=js.id, candidates=[str(c) for c in js.candidates]
+            )
         if earliest < math.inf:
             if earliest > js.deadline:
                 self._fail(js, self._job_error(js, "no candidate recovers before the deadline"))

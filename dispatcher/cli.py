@@ -54,8 +54,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     spec = _worker_spec(args)
     if args.capacity:
         spec.capacity = args.capacity
-    run_worker(spec, args.connect, heartbeat_interval=args.heartbeat_interval)
-    return 0
+    return run_worker(spec, args.connect, heartbeat_interval=args.heartbeat_interval)
 
 
 async def _submit(args: argparse.Namespace) -> int:

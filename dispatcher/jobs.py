@@ -56,6 +56,7 @@ class JobState:
     est_tokens: float = 0.0
     queued: bool = False
     finished: bool = False
+    waiting_logged: bool = False
 
     @property
     def id(self) -> str:

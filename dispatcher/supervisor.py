@@ -1,8 +1,9 @@
 """Starts the local workers the config names and keeps them running.
 
-Each worker runs in its own process group, so stopping it also stops anything it started
-(e.g. llama-server). Restarts back off exponentially; a worker that keeps dying within
-`flap_window` is given up on (flapping guard) instead of burning CPU forever.
+Each worker runs in its own process group, which is what the supervisor signals; children a
+worker starts in sessions of their own (llama-server) die with it through PDEATHSIG on Linux.
+Restarts back off exponentially; a worker that keeps dying within `flap_window` is given up on
+(flapping guard) instead of burning CPU forever, and so is one that exits with CONFIG_ERROR.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from workers.spec import ProviderSpec
 log = structlog.get_logger("llmrelay.supervisor")
 
 SPEC_ENV = "LLMRELAY_WORKER_SPEC"
+CONFIG_ERROR = 2  # worker exit code: restarting cannot help (bad config, rejected provider)
 
 
 @dataclass(slots=True)
@@ -59,8 +61,10 @@ class Supervisor:
         flap_restarts: int = 5,
         flap_window: float = 60.0,
         heartbeat_interval: float = 1.0,
+        private_env: frozenset[str] = frozenset(),
     ) -> None:
         self.endpoint = endpoint
+        self.private_env = private_env  # e.g. the broker's CURVE secret: workers never see it
         self.base_backoff = backoff
         self.backoff_max = backoff_max
         self.flap_restarts = flap_restarts
@@ -74,7 +78,7 @@ class Supervisor:
         ]
 
     def _start(self, item: Managed) -> None:
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if k not in self.private_env}
         env[SPEC_ENV] = json.dumps(asdict(item.spec))
         argv = [
             sys.executable,
@@ -116,6 +120,10 @@ class Supervisor:
                 exited.append(item.proc.pid)
                 item.proc = None
                 item.restarts = [t for t in item.restarts if now - t < self.flap_window]
+                if code == CONFIG_ERROR:
+                    item.gave_up = True
+                    log.error("worker_config_error", worker=item.label, returncode=code)
+                    continue
                 if len(item.restarts) >= self.flap_restarts:
                     item.gave_up = True
                     log.error(

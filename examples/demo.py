@@ -67,8 +67,13 @@ spawn = false
 [routes.default]
 candidates = ["llama:tiny", "mock:echo"]
 
+[providers.primary]
+kind = "mock"
+models = ["echo"]
+capacity = 4
+
 [routes.chain]
-candidates = ["mock:echo", "backup:echo"]
+candidates = ["primary:echo", "backup:echo"]
 
 [routes.smart]
 candidates = ["openai:gpt-4o-mini", "llama:tiny"]
@@ -139,7 +144,7 @@ def run(client: Client) -> None:
     print(f"queued={status['queued']} running={status['running']} totals={status['totals']}")
     for w in status["workers"]:
         rss = (w["stats"].get("rss") or 0) >> 20
-        extra = w["stats"].get("server_rss")
+        extra = w["stats"].get("llama_rss")
         server = f" llama-server rss {extra >> 20} MiB" if extra else ""
         print(
             f"   {w['worker']:<26} {w['provider']:<8} {w['inflight']}/{w['capacity']} "
@@ -167,7 +172,7 @@ def main() -> int:
         )
     try:
         with Client(endpoint) as client:
-            wait_ready(client, {"llama", "mock", "backup"})
+            wait_ready(client, {"llama", "mock", "primary", "backup"})
             run(client)
     finally:
         os.killpg(broker.pid, signal.SIGTERM)

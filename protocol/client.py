@@ -215,7 +215,7 @@ class AsyncClient:
             for frames in drain(self.raw):
                 try:
                     self._handle(frames)
-                except ProtocolViolation:
+                except (ProtocolViolation, ValueError, KeyError, TypeError):
                     continue  # a garbled broker message: heartbeats and resubmission recover
 
     def _handle(self, frames: list[bytes]) -> None:

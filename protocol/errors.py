@@ -121,9 +121,13 @@ class ProviderError(RuntimeError):
 
     @classmethod
     def from_wire(cls, data: dict[str, Any], job_id: str | None = None) -> ProviderError:
+        try:
+            category = ErrorCategory(str(data.get("category")))
+        except ValueError:  # a newer peer's category: keep its words, treat as protocol
+            category = ErrorCategory.PROTOCOL
         return cls(
-            data["category"],
-            data["message"],
+            category,
+            str(data.get("message", "")),
             provider=data.get("provider"),
             status_code=data.get("status_code"),
             retryable=data.get("retryable"),

@@ -124,3 +124,11 @@ def test_cli_submit_and_status(broker_factory: Any) -> None:
         timeout=60,
     )
     assert bad.returncode != 0 and "params.temperature" in bad.stderr
+
+
+def test_worker_for_an_unknown_provider_stops_with_a_config_error(broker_factory: Any) -> None:
+    broker = broker_factory({"known": {"kind": "mock", "capacity": 1}})
+    broker.wait_workers(1)
+    stray = broker.start_worker("mock")  # a kind, but no provider of that name in the config
+    assert stray.wait(30) == 2
+    assert len(broker.events("worker_rejected")) == 1

@@ -81,6 +81,7 @@ class WorkerRuntime:
         self.last_heard = time.monotonic()
         self.reconnect_reason: str | None = None
         self.stopping = asyncio.Event()
+        self.exit_code = 0
         self.done_jobs = 0
         self.failed_jobs = 0
         self.proc = psutil.Process()
@@ -233,6 +234,11 @@ class WorkerRuntime:
             self._cancel(msg.job_id, msg.attempt)
         elif isinstance(msg, m.Ping):
             self._post(m.Pong())
+        elif isinstance(msg, m.Error):
+            self.log.error("broker_error", message=msg.message)
+            if msg.message.startswith("registration rejected"):
+                self.exit_code = 2  # a config mistake: restarting would only repeat it
+                self.stopping.set()
         elif isinstance(msg, m.Disconnect):
             self.log.warning("broker_disconnected_us", reason=msg.reason)
             self.reconnect_reason = "broker asked us to register again"
@@ -277,7 +283,7 @@ class WorkerRuntime:
 
     async def _receiver(self) -> None:
         while True:
-            if self.reconnect_reason is not None:
+            if self.reconnect_reason is not None and not self.stopping.is_set():
                 # Swapped here, between two polls, so no await is pending on a closed socket.
                 self._drop_all(self.reconnect_reason)
                 self.reconnect_reason = None
@@ -332,7 +338,9 @@ class WorkerRuntime:
         self.log.info("worker_stopped", jobs_done=self.done_jobs, jobs_failed=self.failed_jobs)
 
 
-def run_worker(spec: ProviderSpec, endpoint: str, **kwargs: Any) -> None:
+def run_worker(spec: ProviderSpec, endpoint: str, **kwargs: Any) -> int:
+    """Run until SIGTERM; the exit code tells the supervisor whether a restart can help."""
     runtime = WorkerRuntime(spec, endpoint, **kwargs)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(runtime.run())
+    return runtime.exit_code
