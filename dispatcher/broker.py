@@ -11,7 +11,6 @@ import heapq
 import itertools
 import math
 import os
-import random
 import signal
 import threading
 import time
@@ -28,17 +27,16 @@ from dispatcher.health import CircuitPolicy, HealthBook
 from dispatcher.jobs import JobState, WorkerState
 from dispatcher.pacing import Pacer, estimate_tokens
 from dispatcher.queues import FairQueue
+from dispatcher.retry import (
+    HOLD_SECONDS,
+    MODEL_FAILURES,
+    RetryPolicy,
+    parse_retry_after,
+)
 from dispatcher.routing import Candidate, resolve
 from dispatcher.supervisor import Supervisor
 from protocol import messages as m
-from protocol.errors import (
-    DISPOSITION,
-    HEALTH_FAILURES,
-    Disposition,
-    ErrorCategory,
-    ProtocolViolation,
-    ProviderError,
-)
+from protocol.errors import HEALTH_FAILURES, ErrorCategory, ProtocolViolation, ProviderError
 from protocol.transport import (
     CLIENT_PUBLIC_ENV,
     CLIENT_SECRET_ENV,
@@ -50,17 +48,7 @@ from workers.registry import backend_class
 
 log = structlog.get_logger("llmrelay.broker")
 
-# Failures that say the provider will refuse everything for a while: open its circuit at once.
-HOLD_SECONDS = {
-    ErrorCategory.AUTH: 300.0,
-    ErrorCategory.PERMISSION: 300.0,
-    ErrorCategory.QUOTA_EXHAUSTED: 600.0,
-}
-# Failures about the model rather than the provider: only the provider:model entry counts them.
-# (context_length is about the caller's prompt, so it feeds no circuit at all.)
-MODEL_FAILURES = frozenset({ErrorCategory.NOT_FOUND})
 REJECTED = "registration rejected"  # prefix a worker treats as fatal
-MAX_RETRY_AFTER = 900.0  # a provider asking for longer is treated as down for that long
 MAX_BATCH = 2000  # messages handled per socket per loop turn, so neither side starves
 
 
@@ -101,6 +89,7 @@ class Broker:
             heartbeat_interval=bc.heartbeat_interval,
             private_env=frozenset(filter(None, [bc.curve_secret_key_env])),
         )
+        self.retry_policy = RetryPolicy(bc.retry_base_delay, bc.retry_max_delay)
         self.counter = itertools.count()
         self.next_wake = math.inf
         self.dirty = False
@@ -440,17 +429,10 @@ class Broker:
 
     def _attempt_failed(self, js: JobState, error: dict[str, Any]) -> None:
         now = time.monotonic()
-        try:
-            category = ErrorCategory(str(error.get("category")))
-        except ValueError:
-            category = ErrorCategory.PROTOCOL
+        category = ErrorCategory.parse(error.get("category"))
+        retry_after = parse_retry_after(error.get("retry_after"))
         assert js.candidate is not None
         provider, model = js.candidate.provider, js.candidate.model
-        retry_after = error.get("retry_after")
-        if isinstance(retry_after, int | float) and retry_after >= 0:
-            retry_after = min(float(retry_after), MAX_RETRY_AFTER)
-        else:
-            retry_after = None
         js.trail.append(
             self._trail_entry(
                 js,
@@ -461,6 +443,46 @@ class Broker:
             )
         )
         js.last_error = {**error, "provider": provider, "category": category.value}
+        self._record_failure(provider, model, category, retry_after, now)
+        if js.finished:
+            return
+        decision = self.retry_policy.decide(
+            category,
+            attempt=js.attempt,
+            max_attempts=js.job.max_attempts,
+            voids_delivered_output=js.client_has_tokens,
+            on_partial=js.job.on_partial,
+            retry_after=retry_after,
+            tries_here=sum(1 for t in js.trail if t["provider"] == provider),
+        )
+        if decision.give_up is not None:
+            self._fail(js, self._job_error(js, decision.give_up))
+            return
+        if decision.exclude:
+            js.excluded.add(provider)
+        else:
+            js.avoid_until[provider] = now + decision.delay
+        self.totals["retries"] += 1
+        self.log.info(
+            "retry_scheduled",
+            job=js.id,
+            attempt=js.attempt,
+            category=category.value,
+            provider=provider,
+            delay=round(decision.delay, 3),
+            excluded=sorted(js.excluded),
+        )
+        self._enqueue(js, front=True)
+
+    def _record_failure(
+        self,
+        provider: str,
+        model: str,
+        category: ErrorCategory,
+        retry_after: float | None,
+        now: float,
+    ) -> None:
+        """Feed the circuit breakers and the pacer with what this failure says."""
         prov_health, pair_health = self.health.pair(provider, model)
         if category in HEALTH_FAILURES or category in MODEL_FAILURES:
             entries = [pair_health] if category in MODEL_FAILURES else [prov_health, pair_health]
@@ -474,42 +496,6 @@ class Broker:
             pair_health.release_probe()
         if category is ErrorCategory.RATE_LIMITED and provider in self.pacers:
             self.pacers[provider].pause(now + (retry_after or 1.0))
-        disposition = DISPOSITION[category]
-        if js.finished:
-            return
-        why = None
-        if disposition is Disposition.FINAL:
-            why = "not retryable"
-        elif js.attempt >= js.job.max_attempts:
-            why = f"{js.attempt} attempts used"
-        elif js.client_has_tokens and js.job.on_partial == "fail":
-            why = "tokens already delivered and on_partial=fail"
-        if why is not None:
-            self._fail(js, self._job_error(js, why))
-            return
-        if disposition is Disposition.FAILOVER:
-            js.excluded.add(provider)
-            delay = 0.0
-        else:
-            tries_here = sum(1 for t in js.trail if t["provider"] == provider)
-            delay = retry_after if retry_after is not None else self._backoff(tries_here)
-            js.avoid_until[provider] = now + delay
-        self.totals["retries"] += 1
-        self.log.info(
-            "retry_scheduled",
-            job=js.id,
-            attempt=js.attempt,
-            category=category.value,
-            provider=provider,
-            delay=round(delay, 3),
-            excluded=sorted(js.excluded),
-        )
-        self._enqueue(js, front=True)
-
-    def _backoff(self, tries: int) -> float:
-        """Exponential backoff with full jitter in [50%, 100%] of the step."""
-        step = min(self.bc.retry_base_delay * 2.0 ** max(0, tries - 1), self.bc.retry_max_delay)
-        return float(step * (0.5 + random.random() / 2))
 
     def _job_error(self, js: JobState, why: str) -> ProviderError:
         last = js.last_error or {}

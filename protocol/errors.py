@@ -26,6 +26,14 @@ class ErrorCategory(StrEnum):
     NO_PROVIDER = "no_provider"
     WORKER_LOST = "worker_lost"
 
+    @classmethod
+    def parse(cls, value: object) -> ErrorCategory:
+        """A category from the wire; one this version does not know counts as protocol."""
+        try:
+            return cls(str(value))
+        except ValueError:
+            return cls.PROTOCOL
+
 
 class Disposition(StrEnum):
     """What the broker may do after a failure of this category."""
@@ -121,12 +129,8 @@ class ProviderError(RuntimeError):
 
     @classmethod
     def from_wire(cls, data: dict[str, Any], job_id: str | None = None) -> ProviderError:
-        try:
-            category = ErrorCategory(str(data.get("category")))
-        except ValueError:  # a newer peer's category: keep its words, treat as protocol
-            category = ErrorCategory.PROTOCOL
         return cls(
-            category,
+            ErrorCategory.parse(data.get("category")),
             str(data.get("message", "")),
             provider=data.get("provider"),
             status_code=data.get("status_code"),

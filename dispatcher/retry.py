@@ -1,0 +1,72 @@
+"""What happens after a failed attempt: end the job, retry here after a delay, or fail over.
+
+Pure policy (no sockets, no clock reads) so every rule is unit-tested on its own.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from protocol.errors import DISPOSITION, Disposition, ErrorCategory
+
+# Failures that say the provider will refuse everything for a while: open its circuit at once.
+HOLD_SECONDS = {
+    ErrorCategory.AUTH: 300.0,
+    ErrorCategory.PERMISSION: 300.0,
+    ErrorCategory.QUOTA_EXHAUSTED: 600.0,
+}
+# Failures about the model rather than the provider: only the provider:model entry counts them.
+# (context_length is about the caller's prompt, so it feeds no circuit at all.)
+MODEL_FAILURES = frozenset({ErrorCategory.NOT_FOUND})
+MAX_RETRY_AFTER = 900.0  # a provider asking for longer is treated as down for that long
+
+
+def parse_retry_after(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        return None
+    return min(float(value), MAX_RETRY_AFTER)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    give_up: str | None = None  # why the job ends now, or None to try again
+    exclude: bool = False  # never this provider again for this job
+    delay: float = 0.0  # seconds before this provider may be tried again for this job
+
+
+@dataclass(slots=True)
+class RetryPolicy:
+    base_delay: float = 0.25
+    max_delay: float = 10.0
+    rand: Callable[[], float] = random.random
+
+    def backoff(self, tries: int) -> float:
+        """Exponential backoff with jitter in [50%, 100%] of the step."""
+        step = min(self.base_delay * 2.0 ** max(0, tries - 1), self.max_delay)
+        return step * (0.5 + self.rand() / 2)
+
+    def decide(
+        self,
+        category: ErrorCategory,
+        *,
+        attempt: int,
+        max_attempts: int,
+        voids_delivered_output: bool,
+        on_partial: str,
+        retry_after: float | None,
+        tries_here: int,
+    ) -> Decision:
+        disposition = DISPOSITION[category]
+        if disposition is Disposition.FINAL:
+            return Decision(give_up="not retryable")
+        if attempt >= max_attempts:
+            return Decision(give_up=f"{attempt} attempts used")
+        if voids_delivered_output and on_partial == "fail":
+            return Decision(give_up="tokens already delivered and on_partial=fail")
+        if disposition is Disposition.FAILOVER:
+            return Decision(exclude=True)
+        delay = retry_after if retry_after is not None else self.backoff(tries_here)
+        return Decision(delay=delay)
