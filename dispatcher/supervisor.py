@@ -19,13 +19,12 @@ from dataclasses import asdict, dataclass, field
 import psutil
 import structlog
 
-from workers.procutil import die_with_parent
+from workers.procutil import CONFIG_ERROR, die_with_parent_preexec, signal_group
 from workers.spec import ProviderSpec
 
 log = structlog.get_logger("llmrelay.supervisor")
 
 SPEC_ENV = "LLMRELAY_WORKER_SPEC"
-CONFIG_ERROR = 2  # worker exit code: restarting cannot help (bad config, rejected provider)
 
 
 @dataclass(slots=True)
@@ -41,13 +40,6 @@ class Managed:
     @property
     def label(self) -> str:
         return f"{self.spec.name}#{self.replica}"
-
-
-def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 class Supervisor:
@@ -93,7 +85,7 @@ class Supervisor:
             str(self.heartbeat_interval),
         ]
         item.proc = subprocess.Popen(
-            argv, env=env, start_new_session=True, preexec_fn=die_with_parent
+            argv, env=env, start_new_session=True, preexec_fn=die_with_parent_preexec()
         )
         log.info("worker_started", worker=item.label, provider=item.spec.name, pid=item.proc.pid)
 
@@ -115,7 +107,7 @@ class Supervisor:
                 code = item.proc.poll()
                 if code is None:
                     continue
-                kill_group(item.proc.pid)  # whatever the worker started goes with it
+                signal_group(item.proc.pid, signal.SIGKILL)  # its own group goes with it
                 log.warning("worker_exited", worker=item.label, pid=item.proc.pid, returncode=code)
                 exited.append(item.proc.pid)
                 item.proc = None
@@ -153,7 +145,7 @@ class Supervisor:
         """Kill a hung managed worker (and its group); poll() then restarts it."""
         for item in self.managed:
             if item.proc is not None and item.proc.pid == pid:
-                kill_group(pid)
+                signal_group(pid, signal.SIGKILL)
                 return True
         return False
 
@@ -171,14 +163,14 @@ class Supervisor:
     def stop_all(self, grace: float = 5.0) -> None:
         procs = [item.proc for item in self.managed if item.proc is not None]
         for proc in procs:
-            kill_group(proc.pid, signal.SIGTERM)
+            signal_group(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for proc in procs:
             try:
                 proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
-            kill_group(proc.pid)
+            signal_group(proc.pid, signal.SIGKILL)
             try:
                 proc.wait(timeout=2)
             except subprocess.TimeoutExpired:

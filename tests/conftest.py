@@ -8,7 +8,8 @@ import pytest
 
 from tests.harness import BrokerProcess
 
-pytest_plugins = ["tests.fakes.fixtures"]
+# Fake provider servers (openai_fake, ...) and the real llama-server fixtures, for all tests.
+pytest_plugins = ["tests.fakes.fixtures", "tests.llamacpp_fixtures"]
 
 
 @pytest.fixture

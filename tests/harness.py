@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 
 from protocol.client import Client
-from workers.procutil import die_with_parent
+from workers.procutil import die_with_parent_preexec
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,7 +113,7 @@ class BrokerProcess:
             env=env,
             start_new_session=True,
             cwd=ROOT,
-            preexec_fn=die_with_parent,  # a killed test run leaves nothing behind
+            preexec_fn=die_with_parent_preexec(),  # a killed test run leaves nothing behind
         )
         log.close()
         return self
@@ -143,7 +143,7 @@ class BrokerProcess:
             env=env,
             start_new_session=True,
             cwd=ROOT,
-            preexec_fn=die_with_parent,  # a killed test run leaves nothing behind
+            preexec_fn=die_with_parent_preexec(),  # a killed test run leaves nothing behind
         )
         log.close()
         self.workers.append(proc)

@@ -1,4 +1,4 @@
-"""Fixtures for the llama.cpp tests, loaded with `pytest_plugins = ["tests.llamacpp_fixtures"]`.
+"""Fixtures for the llama.cpp tests (loaded for every test by tests/conftest.py).
 
 The real-binary fixtures skip (with the reason) only when llama-server cannot be found.
 """

@@ -17,10 +17,6 @@ from tests.fakes.openai_fake import openai_server
 from tests.fakes.server import FakeServer, Reply, json_response
 from workers.backend import TextDelta
 
-pytest_plugins = [
-    "tests.fakes.fixtures"
-]  # openai_fake, anthropic_fake, openrouter_fake, ollama_fake
-
 KINDS = ["openai", "anthropic", "openrouter", "ollama"]
 
 

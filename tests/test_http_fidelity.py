@@ -19,10 +19,6 @@ from protocol.errors import ProviderError
 from tests.fakes.drive import FAKE_KEY, collect, make_backend, make_job, started
 from tests.fakes.server import FakeServer, Reply
 
-pytest_plugins = [
-    "tests.fakes.fixtures"
-]  # openai_fake, anthropic_fake, openrouter_fake, ollama_fake
-
 MESSAGES: list[Any] = [{"role": "user", "content": "Say hello"}]
 
 STREAMS = {

@@ -22,7 +22,6 @@ from workers.providers.llamacpp import LlamaCppBackend
 from workers.registry import backend_class
 
 # Fixtures (llama_binary, tiny_model, long_model, reap_children) live in a shared plugin.
-pytest_plugins = ["tests.llamacpp_fixtures"]
 pytestmark = [pytest.mark.llama, pytest.mark.usefixtures("reap_children")]
 
 # Quotes, shell syntax, newlines, tabs, CRLF and non-ASCII (2-, 3- and 4-byte UTF-8).

@@ -14,7 +14,6 @@ import pytest
 from workers.llamacpp.binary import ServerBinary
 
 # Fixtures (llama_binary, tiny_model, long_model, reap_children) live in a shared plugin.
-pytest_plugins = ["tests.llamacpp_fixtures"]
 pytestmark = pytest.mark.usefixtures("reap_children")
 
 ROOT = Path(__file__).resolve().parents[1]

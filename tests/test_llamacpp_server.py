@@ -15,7 +15,6 @@ from workers.llamacpp.binary import ServerBinary
 from workers.llamacpp.server import LlamaServer, ServerConfig, ServerFailed, ServerState
 
 # Fixtures (llama_binary, tiny_model, long_model, reap_children) live in a shared plugin.
-pytest_plugins = ["tests.llamacpp_fixtures"]
 pytestmark = pytest.mark.usefixtures("reap_children")
 
 

@@ -59,6 +59,10 @@ class Backend(ABC):
         """Static facts sent at registration (context window, modalities...)."""
         return {}
 
+    def failure(self) -> str | None:
+        """Why this backend can serve nothing any more (the worker then exits), else None."""
+        return None
+
     def stats(self) -> dict[str, Any]:
         """Extra periodic figures for the heartbeat (e.g. a child server's RSS)."""
         return {}

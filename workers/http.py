@@ -11,10 +11,11 @@ import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
-from contextlib import aclosing, suppress
+from contextlib import AbstractContextManager, aclosing, suppress
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
+import anyio
 import httpx
 
 from protocol.errors import ErrorCategory, ProviderError
@@ -101,6 +102,18 @@ def usage(prompt: Any, completion: Any, cost: Any = None) -> dict[str, Any]:
 def unsupported(provider: str, what: str) -> ProviderError:
     """A job asks for something this provider cannot express: fail over, never drop it."""
     return ProviderError(ErrorCategory.UNSUPPORTED, what, provider=provider)
+
+
+def until(deadline: float) -> AbstractContextManager[anyio.CancelScope]:
+    """A timeout ending at `deadline` (event-loop time) that raises TimeoutError.
+
+    An anyio scope, not `asyncio.timeout_at`: httpcore shields its connection clean-up with
+    anyio, which holds off an anyio scope's cancellation but not a native `task.cancel()`. A
+    native timeout that fires inside that clean-up (e.g. the drain grace expiring just as the
+    body ends) leaves the connection counted as in use forever (encode/httpcore#1115); after
+    `capacity` of them every request waits for a pool slot until its total timeout.
+    """
+    return anyio.fail_after(max(0.0, deadline - anyio.current_time()))
 
 
 def network_error(
@@ -235,7 +248,7 @@ class HttpBackend(Backend):
             request.headers["Accept"] = "text/event-stream"
         deadline = asyncio.get_running_loop().time() + self.total_timeout
         try:
-            async with asyncio.timeout_at(deadline):
+            with until(deadline):
                 response = await client.send(request, stream=True)
             try:
                 if not response.is_success:
@@ -275,7 +288,7 @@ class HttpBackend(Backend):
         loop = asyncio.get_running_loop()
         while True:
             try:
-                async with asyncio.timeout_at(deadline):
+                with until(deadline):
                     chunk = await anext(chunks)
                 events = decoder.feed(chunk)
             except StopAsyncIteration:
@@ -310,7 +323,7 @@ class HttpBackend(Backend):
     ) -> bytes:
         parts: list[bytes] = []
         size = 0
-        async with asyncio.timeout_at(deadline):
+        with until(deadline):
             async for chunk in response.aiter_bytes():
                 parts.append(chunk)
                 size += len(chunk)

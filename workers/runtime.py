@@ -35,6 +35,7 @@ from protocol.transport import (
     tune_socket,
 )
 from workers.backend import Backend, Finish, TextDelta
+from workers.procutil import CONFIG_ERROR
 from workers.registry import backend_class
 from workers.spec import ProviderSpec
 
@@ -237,7 +238,7 @@ class WorkerRuntime:
         elif isinstance(msg, m.Error):
             self.log.error("broker_error", message=msg.message)
             if msg.message.startswith("registration rejected"):
-                self.exit_code = 2  # a config mistake: restarting would only repeat it
+                self.exit_code = CONFIG_ERROR  # restarting would only repeat it
                 self.stopping.set()
         elif isinstance(msg, m.Disconnect):
             self.log.warning("broker_disconnected_us", reason=msg.reason)
@@ -259,6 +260,11 @@ class WorkerRuntime:
             now = time.monotonic()
             stats = self._stats()
             self._post(m.Heartbeat(inflight=len(self.running), stats=stats))
+            reason = self.backend.failure()
+            if reason is not None:
+                self.log.error("backend_failed", error=reason)
+                self.exit_code = 1  # the supervisor restarts us (with its flapping guard)
+                self.stopping.set()
             if now >= next_stats:
                 next_stats = now + self.stats_interval
                 self.log.info("worker_stats", **stats)
@@ -300,7 +306,15 @@ class WorkerRuntime:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
-        await self.backend.start()
+        try:
+            await self.backend.start()
+        except ProviderError as exc:
+            # Retryable start failures (a server that may come up) let the supervisor try
+            # again with backoff; the others are configuration mistakes it must not loop on.
+            self.log.error("backend_start_failed", category=exc.category.value, error=exc.message)
+            self.exit_code = 1 if exc.retryable else CONFIG_ERROR
+            await self.backend.close()
+            return
         self._connect()
         tasks = [
             asyncio.create_task(self._sender()),

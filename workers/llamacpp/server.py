@@ -26,7 +26,7 @@ import psutil
 import structlog
 
 from workers.llamacpp.binary import ServerBinary
-from workers.llamacpp.process import die_with_parent_preexec, free_port, signal_group
+from workers.procutil import die_with_parent_preexec, free_port, signal_group
 
 log = structlog.get_logger("llmrelay.llamacpp")
 

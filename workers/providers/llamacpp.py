@@ -26,7 +26,7 @@ from protocol.job import Job
 from workers.backend import StreamEvent
 from workers.http import unsupported
 from workers.llamacpp.binary import BinaryNotFound, find_llama_server
-from workers.llamacpp.server import LlamaServer, ServerConfig, ServerFailed
+from workers.llamacpp.server import LlamaServer, ServerConfig, ServerFailed, ServerState
 from workers.providers.openai import PASSTHROUGH, OpenAIBackend
 from workers.spec import ProviderSpec
 
@@ -112,10 +112,14 @@ class LlamaCppBackend(OpenAIBackend):
         if self.modalities().get("vision"):
             features.add("vision")
         # Features depend on this server's model; the class default stays conservative.
-        # (Backend.features is a ClassVar; an instance attribute shadows it at runtime.)
-        self.__dict__["features"] = frozenset(features)
+        self.features = frozenset(features)
 
     # --- facts and figures ----------------------------------------------------------------
+
+    def failure(self) -> str | None:
+        if self.server is not None and self.server.state is ServerState.FAILED:
+            return self.server.error or "llama-server gave up"
+        return None
 
     def modalities(self) -> dict[str, bool]:
         raw = self.props.get("modalities")
