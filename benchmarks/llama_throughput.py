@@ -1,8 +1,9 @@
-"""Tokens/s of llama-server streamed directly vs through LlamaCppBackend.generate().
+"""Tokens/s of llama-server streamed directly vs through LlamaCppBackend.generate() vs
+through the whole of llmrelay (client -> broker -> llamacpp worker -> broker -> client).
 
-Both paths hit the same supervised llama-server and the same tiny test model (random weights,
-EOS ignored so every run generates exactly --tokens tokens). Add a path (e.g. through the
-broker) by writing one more `async def path(prompt, n) -> Run` and listing it in PATHS.
+The first two paths hit the same supervised llama-server; the broker path runs an identical
+llama-server (same binary, model and options) owned by a broker-supervised worker. The model is
+the tiny test model (random weights, EOS ignored so every run generates exactly --tokens).
 
     python benchmarks/llama_throughput.py [--tokens 2000] [--runs 5] [--model PATH]
 """
@@ -26,7 +27,10 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from protocol.client import AsyncClient
 from protocol.job import Job
+from protocol.results import Done, Token
+from tests.harness import BrokerProcess
 from workers.backend import Finish, TextDelta
 from workers.llamacpp.tinymodel import write_tiny_model
 from workers.providers.llamacpp import LlamaCppBackend
@@ -127,6 +131,42 @@ async def bench(model: Path, tokens: int, runs: int) -> dict[str, list[Run]]:
     return results
 
 
+async def broker_runs(endpoint: str, tokens: int, runs: int) -> list[Run]:
+    out: list[Run] = []
+    async with AsyncClient(endpoint) as client:
+        for i in range(runs + 1):  # the first is a warm-up
+            start = time.perf_counter()
+            first = last = start
+            used = 0
+            async for event in client.stream(
+                model="bench:tiny", prompt=f"benchmark run {i}", max_tokens=tokens
+            ):
+                if isinstance(event, Token):
+                    last = time.perf_counter()
+                    if first == start:
+                        first = last
+                elif isinstance(event, Done):
+                    used = event.result.usage.get("completion_tokens", 0)
+            if i:
+                out.append(Run(used, time.perf_counter() - start, last - first))
+    return out
+
+
+def bench_broker(model: Path, tokens: int, runs: int) -> list[Run]:
+    options = {"model_path": str(model), "extra_body": {"ignore_eos": True}}
+    with tempfile.TemporaryDirectory() as tmp:
+        broker = BrokerProcess(
+            Path(tmp), {"bench": {"kind": "llamacpp", "capacity": 1, "options": options}}
+        )
+        broker.log_level = "warning"
+        broker.start()
+        try:
+            broker.wait_workers(1, timeout=120)
+            return asyncio.run(broker_runs(broker.client_endpoint, tokens, runs))
+        finally:
+            broker.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=2000)
@@ -137,6 +177,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or write_tiny_model(Path(tmp) / "tiny.gguf", n_ctx=args.tokens + 256)
         results = asyncio.run(bench(model, args.tokens, args.runs))
+        results["llmrelay"] = bench_broker(model, args.tokens, args.runs)
     medians = {}
     print(f"llama-server throughput, {args.tokens} tokens x {args.runs} runs (median):")
     for name, runs in results.items():
@@ -144,8 +185,8 @@ def main() -> int:
         decode = statistics.median(r.decode_rate for r in runs)
         medians[name] = total
         print(f"  {name:>10}: {total:9.0f} tokens/s end-to-end  {decode:9.0f} tokens/s decode")
-    if "direct" in medians and "backend" in medians:
-        print(f"  ratio backend/direct: {medians['backend'] / medians['direct']:.3f}")
+    for name in ("backend", "llmrelay"):
+        print(f"  ratio {name}/direct: {medians[name] / medians['direct']:.3f}")
     return 0
 
 

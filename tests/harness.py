@@ -31,7 +31,12 @@ def free_port() -> int:
 
 
 def toml_value(value: Any) -> str:
-    return json.dumps(value)  # JSON scalars, strings and arrays are valid TOML values
+    """TOML for the config values tests use: JSON scalars and arrays, inline tables."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(value)
 
 
 def write_config(

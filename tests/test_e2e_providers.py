@@ -562,6 +562,25 @@ def test_two_hundred_jobs_share_a_pool_of_capacity_connections(
     assert 1 <= openai_fake.connections <= 4, openai_fake.connections
 
 
+def test_drain_timeouts_do_not_leak_pool_connections(
+    broker_factory: Any, openai_fake: FakeServer
+) -> None:
+    """drain_grace=0: the drain timer fires while httpx releases the connection, every job.
+
+    It used to leave the connection counted as in use for ever, so after `capacity` jobs
+    every request waited for a pool slot until its total timeout.
+    """
+    spec = provider("openai", openai_fake, capacity=2, drain_grace=0, total_timeout=5)
+    broker = start(broker_factory, {"openai": spec})
+    with broker.client() as client:
+        for i in range(6):
+            result = client.complete(
+                model="openai:gpt-x", prompt=f"job {i}", max_attempts=1, timeout=JOB_TIMEOUT
+            )
+            assert result.text == "Hello, world!", i
+    assert len(openai_fake.requests) == 6
+
+
 # --- 6. key hygiene ----------------------------------------------------------------------
 
 
