@@ -25,7 +25,7 @@ lint: install
 	$(BIN)/mypy
 
 test: install lint
-	$(BIN)/pytest -q -m "not soak" $(PYTEST_ARGS)
+	$(BIN)/pytest -q -m "not soak" --durations=10 $(PYTEST_ARGS)
 
 soak: install
 	$(BIN)/pytest -q -m soak $(PYTEST_ARGS)

@@ -131,5 +131,5 @@ def test_batch_through_two_slots(broker_factory: Any, llama_binary: Any, tiny_mo
         # A random model may draw the end-of-sequence token before the cap.
         used = outcome.usage["completion_tokens"]
         assert (outcome.finish_reason, used) == ("length", 16) or (
-            outcome.finish_reason == "stop" and 0 <= used < 16
+            outcome.finish_reason == "stop" and 0 <= used <= 16
         ), (outcome.finish_reason, used)
