@@ -161,16 +161,24 @@ class Broker:
 
     # --- client side --------------------------------------------------------------------
 
+    def _decode(
+        self, sock: zmq.Socket[bytes], frames: list[zmq.Frame], side: str
+    ) -> m.Message | None:
+        """Decode a peer's header frame; a bad one gets an error reply (where addressable)."""
+        try:
+            if len(frames) < 2:
+                raise ProtocolViolation("empty message")
+            return m.decode(frames[1].bytes)
+        except ProtocolViolation as exc:
+            self.log.warning(f"bad_{side}_message", error=str(exc)[:200])
+            error = m.Error(message=f"protocol error: {str(exc)[:1000]}")
+            self._send(sock, frames[0].bytes, [error.encode()])
+            return None
+
     def _on_client(self, frames: list[zmq.Frame]) -> None:
         identity = frames[0].bytes
-        if len(frames) < 2:
-            self._to_client(identity, m.Error(message="empty message"))
-            return
-        try:
-            msg = m.decode(frames[1].bytes)
-        except ProtocolViolation as exc:
-            self.log.warning("bad_client_message", error=str(exc)[:200])
-            self._to_client(identity, m.Error(message=f"protocol error: {str(exc)[:1000]}"))
+        msg = self._decode(self.clients, frames, "client")
+        if msg is None:
             return
         if isinstance(msg, m.Submit):
             self._submit(identity, msg)
@@ -262,13 +270,8 @@ class Broker:
         now = time.monotonic()
         if worker is not None:
             worker.last_seen = now
-        if len(frames) < 2:
-            return
-        try:
-            msg = m.decode(frames[1].bytes)
-        except ProtocolViolation as exc:
-            self.log.warning("bad_worker_message", error=str(exc)[:200])
-            self._to_worker(identity, m.Error(message=f"protocol error: {str(exc)[:1000]}"))
+        msg = self._decode(self.workers_sock, frames, "worker")
+        if msg is None:
             return
         if isinstance(msg, m.Tokens):
             if worker is not None and len(frames) == 3:
