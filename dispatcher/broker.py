@@ -354,6 +354,7 @@ class Broker:
             if entry.record_success(latency):
                 self.log.info("circuit_closed", provider=entry.key)
         self._learn_usage(js, msg.result)
+        self._learn_limits(js.candidate.provider, msg.result.get("ratelimit"), now)
         js.trail.append(self._trail_entry(js, "ok"))
         result = {
             **msg.result,
@@ -387,6 +388,22 @@ class Broker:
         if pacer is not None and pacer.tokens is not None and isinstance(total, int | float):
             bucket = pacer.tokens  # settle the estimate charged at dispatch: refund or top up
             bucket.level = min(bucket.per_minute, bucket.level - (float(total) - js.est_tokens))
+
+    def _learn_limits(self, provider: str, limits: Any, now: float) -> None:
+        """Learn from the rate-limit headers a worker reported (absent for most providers)."""
+        pacer = self.pacers.get(provider)
+        if pacer is None or not limits or not isinstance(limits, dict):
+            return
+        inflight = 0
+        inflight_tokens = 0.0
+        count_tokens = "tokens_remaining" in limits
+        for worker in self.workers.values():
+            if worker.provider == provider and worker.jobs:
+                inflight += len(worker.jobs)
+                if count_tokens:
+                    inflight_tokens += sum(j.est_tokens for j in worker.jobs.values())
+        if pacer.learn(limits, now, inflight=inflight, inflight_tokens=inflight_tokens):
+            self.log.info("rate_limit_learned", provider=provider, **pacer.learned())
 
     def _worker_failed(self, worker: WorkerState, msg: m.Failed) -> None:
         js = worker.jobs.get(msg.job_id)
@@ -446,6 +463,7 @@ class Broker:
             )
         )
         js.last_error = {**error, "provider": provider, "category": category.value}
+        self._learn_limits(provider, error.get("ratelimit"), now)
         self._record_failure(provider, model, category, retry_after, now)
         if js.finished:
             return
@@ -695,6 +713,7 @@ class Broker:
                     "kind": spec.kind,
                     "workers": sum(1 for w in self.workers.values() if w.provider == name),
                     "paused_for": max(0.0, self.pacers[name].paused_until - now),
+                    **self.pacers[name].learned(),
                 }
                 for name, spec in self.config.providers.items()
             },

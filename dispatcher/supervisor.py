@@ -36,6 +36,7 @@ class Managed:
     next_start: float = 0.0
     backoff: float = 0.0
     gave_up: bool = False
+    exits_unready: int = 0  # exits since the worker last registered with the broker
 
     @property
     def label(self) -> str:
@@ -116,7 +117,12 @@ class Supervisor:
                     item.gave_up = True
                     log.error("worker_config_error", worker=item.label, returncode=code)
                     continue
-                if len(item.restarts) >= self.flap_restarts:
+                item.exits_unready += 1
+                # Fast loops trip the window; slow ones (a server that fails after a long
+                # load) trip the count of exits without ever registering in between.
+                if len(item.restarts) >= self.flap_restarts or (
+                    item.exits_unready > 2 * self.flap_restarts
+                ):
                     item.gave_up = True
                     log.error(
                         "worker_flapping",
@@ -140,6 +146,7 @@ class Supervisor:
         for item in self.managed:
             if item.proc is not None and item.proc.pid == pid:
                 item.backoff = 0.0
+                item.exits_unready = 0
 
     def kill(self, pid: int) -> bool:
         """Kill a hung managed worker (and its group); poll() then restarts it."""

@@ -315,7 +315,11 @@ class AsyncClient:
         finished: asyncio.Queue[Result | ProviderError] = asyncio.Queue()
 
         async def one(spec: Mapping[str, Any]) -> None:
-            job = build_job(**spec)
+            try:
+                job = build_job(**spec)
+            except ProtocolViolation as exc:  # one bad item is one failed outcome
+                finished.put_nowait(ProviderError(ErrorCategory.INVALID_REQUEST, str(exc)))
+                return
             while True:
                 try:
                     finished.put_nowait(await self._collect(job))

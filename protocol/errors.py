@@ -100,6 +100,7 @@ class ProviderError(RuntimeError):
         retry_after: float | None = None,
         attempts: list[dict[str, Any]] | None = None,
         job_id: str | None = None,
+        ratelimit: dict[str, float] | None = None,
     ) -> None:
         self.category = ErrorCategory(category)
         self.message = message
@@ -109,6 +110,8 @@ class ProviderError(RuntimeError):
         self.retry_after = retry_after
         self.attempts = attempts or []
         self.job_id = job_id
+        # The failed response's rate-limit headers, normalized (workers/ratelimit.py).
+        self.ratelimit = ratelimit
         super().__init__(str(self))
 
     def __str__(self) -> str:
@@ -117,7 +120,7 @@ class ProviderError(RuntimeError):
         return f"{self.category.value}{where}{code}: {self.message}"
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire: dict[str, Any] = {
             "category": self.category.value,
             "message": self.message,
             "provider": self.provider,
@@ -126,9 +129,13 @@ class ProviderError(RuntimeError):
             "retry_after": self.retry_after,
             "attempts": self.attempts,
         }
+        if self.ratelimit:  # only when the response had rate-limit headers
+            wire["ratelimit"] = self.ratelimit
+        return wire
 
     @classmethod
     def from_wire(cls, data: dict[str, Any], job_id: str | None = None) -> ProviderError:
+        limits = data.get("ratelimit")
         return cls(
             ErrorCategory.parse(data.get("category")),
             str(data.get("message", "")),
@@ -138,6 +145,7 @@ class ProviderError(RuntimeError):
             retry_after=data.get("retry_after"),
             attempts=data.get("attempts") or [],
             job_id=job_id,
+            ratelimit=limits if isinstance(limits, dict) else None,
         )
 
 

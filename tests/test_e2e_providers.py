@@ -301,6 +301,53 @@ def test_anthropic_529_overloaded_is_retried_after_retry_after_ms(
     assert delays == [0.05]
 
 
+def test_rate_limit_headers_pause_dispatch_until_their_reset(
+    broker_factory: Any, openai_fake: FakeServer
+) -> None:
+    limit = {"x-ratelimit-limit-requests": "600", "x-ratelimit-limit-tokens": "90000"}
+    openai_fake.script(
+        Reply(
+            tokens=["first"],
+            headers={
+                **limit,
+                "x-ratelimit-remaining-requests": "0",
+                "x-ratelimit-reset-requests": "1s",
+            },
+        )
+    )
+    openai_fake.default = Reply(
+        tokens=["more"], headers={**limit, "x-ratelimit-remaining-requests": "599"}
+    )
+    broker = start(broker_factory, {"openai": provider("openai", openai_fake)})
+    with broker.client() as client:
+        first = client.complete(model="openai:gpt-x", prompt="x", timeout=JOB_TIMEOUT)
+        assert first.text == "first"
+        assert first.raw["ratelimit"]["requests_remaining"] == 0
+        # The pause is set before the broker answers the first job, so it shows at once.
+        status = client.status()["providers"]["openai"]
+        assert status["paused_for"] > 0
+        # No rpm/tpm in the config: the reported limits became the buckets.
+        assert (status["rpm"], status["tpm"]) == (600, 90000)
+        jobs = [
+            {"model": "openai:gpt-x", "prompt": f"job {i}", "timeout": JOB_TIMEOUT}
+            for i in range(4)
+        ]
+        results = list(client.map(jobs, concurrency=4))
+        assert not [r for r in results if isinstance(r, ProviderError)], results
+        assert [r.text for r in results if not isinstance(r, ProviderError)] == ["more"] * 4
+        assert all(
+            outcomes(r.attempts) == [("openai", "ok")]
+            for r in results
+            if not isinstance(r, ProviderError)
+        )
+    assert len(openai_fake.requests) == 5
+    # The next dispatch waited: the provider was paused when the batch arrived, and nothing
+    # was rejected with a 429 meanwhile.
+    assert not broker.events("retry_scheduled")
+    learned = broker.events("rate_limit_learned")
+    assert [(e["provider"], e["rpm"], e["tpm"]) for e in learned] == [("openai", 600, 90000)]
+
+
 def test_auth_failure_fails_over_and_opens_the_circuit(
     broker_factory: Any,
     monkeypatch: pytest.MonkeyPatch,

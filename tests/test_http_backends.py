@@ -181,6 +181,52 @@ def test_http_error_status_is_classified(kind_fake: tuple[str, FakeServer], stre
     assert err.status_code == fake.default.status and err.provider == kind
 
 
+RATE_HEADERS = {
+    "openai": {
+        "x-ratelimit-limit-requests": "500",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": "6m0s",
+        "x-ratelimit-remaining-tokens": "garbage",
+    },
+    "anthropic": {
+        "anthropic-ratelimit-tokens-limit": "40000",
+        "anthropic-ratelimit-tokens-remaining": "0",
+        "anthropic-ratelimit-tokens-reset": "2999-01-01T00:00:00Z",
+    },
+}
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+def test_rate_limit_headers_reach_finish_and_errors(
+    kind: str, stream: bool, request: pytest.FixtureRequest
+) -> None:
+    fake: FakeServer = request.getfixturevalue(f"{kind}_fake")
+    fake.script(Reply(headers=RATE_HEADERS[kind]), Reply())
+    body = ERROR_REPLIES["openai"].body
+    if kind == "anthropic":
+        body = {"type": "error", "error": {"type": "rate_limit_error", "message": "slow"}}
+    fake.default = Reply(status=429, headers=RATE_HEADERS[kind], body=body)
+    _, _, finish = asyncio.run(run_one(kind, fake, stream=stream))
+    if kind == "openai":
+        assert finish.ratelimit["requests_limit"] == 500
+        assert finish.ratelimit["requests_remaining"] == 0
+        assert 359 < finish.ratelimit["requests_reset"] <= 360
+        assert set(finish.ratelimit) == {"requests_limit", "requests_remaining", "requests_reset"}
+    else:
+        assert finish.ratelimit["tokens_limit"] == 40000
+        assert finish.ratelimit["tokens_remaining"] == 0
+        assert finish.ratelimit["tokens_reset"] > 1e9
+    _, _, plain = asyncio.run(run_one(kind, fake, stream=stream))
+    assert plain.ratelimit == {}  # no headers, no key
+    _, err = asyncio.run(failure(kind, fake, stream=stream))
+    assert err.category is C.RATE_LIMITED
+    assert err.ratelimit is not None and err.ratelimit == {
+        k: pytest.approx(v, abs=1.0) for k, v in (finish.ratelimit or {}).items()
+    }
+    assert err.to_wire()["ratelimit"] == err.ratelimit
+
+
 def test_mid_stream_error_after_tokens(kind_fake: tuple[str, FakeServer]) -> None:
     kind, fake = kind_fake
     fake.default = Reply(tokens=["a", "b", "c"], error_after=2)

@@ -154,6 +154,12 @@ def test_error_taxonomy() -> None:
         429,
     )
     assert "openai" in str(err) and "429" in str(err)
+    assert "ratelimit" not in err.to_wire() and again.ratelimit is None  # optional field
+    limited = ProviderError("rate_limited", "slow down", ratelimit={"requests_remaining": 0})
+    assert ProviderError.from_wire(limited.to_wire()).ratelimit == {"requests_remaining": 0}
+    assert (
+        ProviderError.from_wire({"category": "rate_limited", "ratelimit": "junk"}).ratelimit is None
+    )
 
 
 def test_client_delivers_in_order_once_and_resets() -> None:
@@ -168,3 +174,20 @@ def test_client_delivers_in_order_once_and_resets() -> None:
     pending.start_attempt(2, "worker died")
     assert pending.events.get_nowait() == Reset(reason="worker died", attempt=2)
     assert pending.next_seq == 0 and pending.parts == []
+
+
+def test_map_reports_an_invalid_item_instead_of_hanging() -> None:
+    import asyncio
+
+    from protocol.client import AsyncClient
+
+    async def main() -> list[object]:
+        client = AsyncClient("tcp://127.0.0.1:9")  # never contacted: the item is invalid
+        try:
+            return [o async for o in client.map([{"model": "m", "prompt": "x", "best_of": 2}])]
+        finally:
+            await client.close()
+
+    (outcome,) = asyncio.run(asyncio.wait_for(main(), 10))
+    assert isinstance(outcome, ProviderError)
+    assert outcome.category is ErrorCategory.INVALID_REQUEST and "best_of" in outcome.message

@@ -80,6 +80,61 @@ def test_pacer_tokens_per_minute() -> None:
     assert pacer.wait_for(200, 0.0) == pytest.approx(2.0)
 
 
+def test_pacer_learns_an_exhausted_budget_as_a_pause_until_reset() -> None:
+    pacer = Pacer(rpm=None, tpm=None, now=0.0)
+    assert not pacer.learn({"requests_remaining": 5, "requests_reset": 9.0}, 0.0)
+    assert pacer.wait_for(1, 0.0) == 0.0  # budget left: no pause
+    assert not pacer.learn({"requests_remaining": 0, "requests_reset": 2.5}, 1.0)
+    assert pacer.wait_for(1, 1.0) == pytest.approx(2.5)
+    assert pacer.wait_for(1, 3.5) == 0.0
+    # Remaining below what is already in flight: pause too (here without a reset: 1 s).
+    pacer.learn({"requests_remaining": 2}, 10.0, inflight=3)
+    assert pacer.wait_for(1, 10.0) == pytest.approx(1.0)
+    pacer.learn({"tokens_remaining": 500, "tokens_reset": 4.0}, 20.0, inflight_tokens=800.0)
+    assert pacer.wait_for(1, 20.0) == pytest.approx(4.0)
+    pacer.learn({"output_tokens_remaining": 0, "output_tokens_reset": 3.0}, 30.0)
+    assert pacer.wait_for(1, 30.0) == pytest.approx(3.0)
+    # A far reset (a daily quota, a skewed clock) is capped.
+    pacer.learn({"requests_remaining": 0, "requests_reset": 86400.0}, 40.0)
+    assert pacer.wait_for(1, 40.0) == pytest.approx(60.0)
+
+
+def test_pacer_adopts_reported_limits_only_without_config() -> None:
+    pacer = Pacer(rpm=None, tpm=None, now=0.0)
+    assert pacer.learned() == {"rpm": None, "tpm": None}
+    assert pacer.learn({"requests_limit": 60, "tokens_limit": 6000}, 0.0)
+    assert pacer.learned() == {"rpm": 60.0, "tpm": 6000.0}
+    # Pacing now works as if configured: a burst of 6 requests, then one per second.
+    for _ in range(6):
+        assert pacer.wait_for(1, 0.0) == 0.0
+        pacer.take(1, 0.0)
+    assert pacer.wait_for(1, 0.0) == pytest.approx(1.0)
+    assert not pacer.learn({"requests_limit": 60, "tokens_limit": 6000}, 0.5)  # unchanged
+    assert pacer.learn({"requests_limit": 120}, 1.0)  # the provider raised it
+    assert pacer.learned()["rpm"] == 120.0
+    configured = Pacer(rpm=30, tpm=None, now=0.0)
+    assert configured.learn({"requests_limit": 5000, "tokens_limit": 9000}, 0.0)
+    assert configured.learned() == {"rpm": 30.0, "tpm": 9000.0}  # config wins for rpm
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        {"requests_limit": "60", "requests_remaining": "0"},
+        {"requests_limit": -5, "requests_remaining": -1},
+        {"requests_limit": float("nan"), "requests_remaining": float("inf")},
+        {"requests_limit": True, "requests_remaining": False},
+        {"requests_limit": 0.5, "requests_remaining": None, "requests_reset": 3.0},
+        {"unknown": 0},
+    ],
+)
+def test_pacer_ignores_garbage_from_the_wire(garbage: dict[str, object]) -> None:
+    pacer = Pacer(rpm=None, tpm=None, now=0.0)
+    assert not pacer.learn(garbage, 0.0)
+    assert pacer.wait_for(1, 0.0) == 0.0
+    assert pacer.learned() == {"rpm": None, "tpm": None}
+
+
 def _config():  # type: ignore[no-untyped-def]
     return parse_config(
         {
@@ -143,3 +198,34 @@ def test_failures_of_stragglers_do_not_extend_an_open_circuit() -> None:
     for _ in range(20):  # jobs already in flight when it tripped fail one by one
         assert health.record_failure(0.1, "network") is None
     assert health.cooldown == 5 and health.ready_at() == 5.0
+
+
+def test_supervisor_gives_up_on_slow_crash_loops() -> None:
+    import subprocess
+
+    from dispatcher.supervisor import Managed, Supervisor
+    from workers.spec import ProviderSpec
+
+    sup = Supervisor(
+        [ProviderSpec(name="x", kind="mock")],
+        "tcp://127.0.0.1:9",
+        backoff=0.0,
+        flap_restarts=2,
+        flap_window=1.0,
+    )
+
+    def start(item: Managed) -> None:
+        item.proc = subprocess.Popen(["false"])
+
+    sup._start = start  # type: ignore[method-assign]
+    sup.start_all()
+    item = sup.managed[0]
+    now = 0.0
+    for _ in range(10):  # each exit far apart in time: the window rule alone never trips
+        assert item.proc is not None
+        item.proc.wait()
+        now += 100.0
+        sup.poll(now)
+        if item.gave_up:
+            break
+    assert item.gave_up and item.exits_unready == 5

@@ -26,6 +26,9 @@ class Finish:
     usage: dict[str, Any] = field(default_factory=dict)  # prompt_tokens, completion_tokens, cost
     model: str | None = None  # the model the provider says it used
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. tool_calls
+    # What the response's rate-limit headers said (workers/ratelimit.py keys, e.g.
+    # requests_remaining, tokens_reset). HttpBackend fills it; a provider module never does.
+    ratelimit: dict[str, float] = field(default_factory=dict)
 
 
 StreamEvent = TextDelta | Finish

@@ -163,4 +163,5 @@ def scrubbed(error: ProviderError, secrets: Iterable[str]) -> ProviderError:
         retryable=error.retryable,
         retry_after=error.retry_after,
         job_id=error.job_id,
+        ratelimit=error.ratelimit,
     )

@@ -23,6 +23,7 @@ from protocol.job import Job
 from workers.backend import Backend, Finish, StreamEvent, TextDelta
 from workers.classify import MAX_MESSAGE, ErrorTable, classify, scrubbed
 from workers.decode import Event, Framing, StreamDecodeError, make_decoder
+from workers.ratelimit import OPENAI, HeaderFamily, Reading, field_table
 from workers.spec import ProviderSpec
 
 T = TypeVar("T")
@@ -147,6 +148,8 @@ class HttpBackend(Backend):
     api_key_env: ClassVar[str | None] = None  # where the key comes from by default
     key_required: ClassVar[bool] = True
     errors: ClassVar[ErrorTable] = ErrorTable()
+    # Which rate-limit headers this provider sends (workers/ratelimit.py).
+    ratelimit_headers: ClassVar[tuple[HeaderFamily, ...]] = (OPENAI,)
 
     def __init__(self, spec: ProviderSpec) -> None:
         super().__init__(spec)
@@ -163,6 +166,7 @@ class HttpBackend(Backend):
         self.drain_grace = float(opts.get("drain_grace", DRAIN_GRACE))
         self._client: httpx.AsyncClient | None = None
         self._slots: asyncio.Semaphore | None = None
+        self._ratelimit_fields = field_table(self.ratelimit_headers)
 
     def _resolve_key(self, opts: Mapping[str, Any]) -> str | None:
         if opts.get("api_key"):
@@ -222,18 +226,26 @@ class HttpBackend(Backend):
     async def generate(self, job: Job, model: str, attempt: int) -> AsyncIterator[StreamEvent]:
         if self._slots is None:
             raise RuntimeError("HttpBackend.start() was not called")
-        events = self._generate(job, model)
+        limits = Reading()  # filled from the response headers, reported with the outcome
+        events = self._generate(job, model, limits)
         try:
             # Jobs beyond capacity queue here, not in httpx's pool (whose queue scans every
             # waiter on each change: quadratic when a caller oversubscribes).
             async with self._slots, aclosing(events):
                 async for event in events:
+                    if isinstance(event, Finish) and limits.values:
+                        event.ratelimit = limits.report() or {}
                     yield event
         except ProviderError as exc:
             # `from None`: a chained httpx error carries the request, headers included.
-            raise scrubbed(exc, [self._key or ""]) from None
+            error = scrubbed(exc, [self._key or ""])
+            if error.ratelimit is None:
+                error.ratelimit = limits.report()
+            raise error from None
 
-    async def _generate(self, job: Job, model: str) -> AsyncGenerator[StreamEvent, None]:
+    async def _generate(
+        self, job: Job, model: str, limits: Reading
+    ) -> AsyncGenerator[StreamEvent, None]:
         client = self._client
         assert client is not None
         if self.key_required and not self._key:
@@ -250,6 +262,7 @@ class HttpBackend(Backend):
         try:
             with until(deadline):
                 response = await client.send(request, stream=True)
+            limits.read(self._ratelimit_fields, response.headers)
             try:
                 if not response.is_success:
                     raise await self._status_error(response, deadline)

@@ -200,6 +200,7 @@ class WorkerRuntime:
             "worker_latency": time.monotonic() - run.started,
             "worker_ttft": first_token,
             **({"extra": finish.extra} if finish.extra else {}),
+            **({"ratelimit": finish.ratelimit} if finish.ratelimit else {}),
         }
         # frames = frames already sent + the one still buffered (sent before this message)
         frames = run.seq + (1 if run.buffer else 0)

@@ -24,6 +24,7 @@ from workers.http import (
     unsupported,
     usage,
 )
+from workers.ratelimit import ANTHROPIC
 
 DEFAULT_MAX_TOKENS = 4096
 VERSION = "2023-06-01"
@@ -209,6 +210,7 @@ class AnthropicBackend(HttpBackend):
     default_base_url = "https://api.anthropic.com"
     api_key_env: ClassVar[str | None] = "ANTHROPIC_API_KEY"
     errors = ERRORS
+    ratelimit_headers = (ANTHROPIC,)
     features = frozenset(
         {
             "max_tokens",

@@ -76,7 +76,8 @@ class LlamaCppBackend(OpenAIBackend):
             await self.server.start()
         except ServerFailed as exc:
             category = ErrorCategory.NOT_FOUND if exc.missing_model else ErrorCategory.SERVER_ERROR
-            raise self._error(category, str(exc), retryable=False) from None
+            # A slow load on a busy host may succeed next time; a bad model never will.
+            raise self._error(category, str(exc), retryable=not exc.permanent) from None
         self.base_url = f"{self.server.base_url}/v1"
         self._key = self.server.api_key
         try:

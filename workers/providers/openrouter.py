@@ -18,6 +18,7 @@ from protocol.job import Job
 from workers.classify import ErrorTable
 from workers.http import ErrorInfo, unsupported
 from workers.providers.openai import PASSTHROUGH, OpenAIBackend
+from workers.ratelimit import GENERIC, OPENAI
 
 ERRORS = ErrorTable(
     codes={
@@ -64,6 +65,7 @@ class OpenRouterBackend(OpenAIBackend):
     default_base_url = "https://openrouter.ai/api/v1"
     api_key_env: ClassVar[str | None] = "OPENROUTER_API_KEY"
     errors = ERRORS
+    ratelimit_headers = (OPENAI, GENERIC)  # GENERIC: on OpenRouter's own 429s only
     passthrough = {**PASSTHROUGH, "top_k": "top_k", "repeat_penalty": "repetition_penalty"}
     features = frozenset(passthrough) | {"max_tokens", "stop", "vision"}
     max_tokens_field = "max_tokens"
