@@ -387,7 +387,8 @@ class Broker:
         total = usage.get("total_tokens")
         if pacer is not None and pacer.tokens is not None and isinstance(total, int | float):
             bucket = pacer.tokens  # settle the estimate charged at dispatch: refund or top up
-            bucket.level = min(bucket.per_minute, bucket.level - (float(total) - js.est_tokens))
+            charged = min(js.est_tokens, bucket.per_minute)  # what take() charged at dispatch
+            bucket.level = min(bucket.per_minute, bucket.level - (float(total) - charged))
 
     def _learn_limits(self, provider: str, limits: Any, now: float) -> None:
         """Learn from the rate-limit headers a worker reported (absent for most providers)."""
@@ -462,7 +463,12 @@ class Broker:
                 retry_after=retry_after,
             )
         )
-        js.last_error = {**error, "provider": provider, "category": category.value}
+        js.last_error = {
+            **error,
+            "provider": provider,
+            "category": category.value,
+            "retry_after": retry_after,
+        }
         self._learn_limits(provider, error.get("ratelimit"), now)
         self._record_failure(provider, model, category, retry_after, now)
         if js.finished:
@@ -551,6 +557,7 @@ class Broker:
         """Dispatch or settle `js` now (True: leave the queue) or leave it waiting (False)."""
         earliest = math.inf
         viable = False
+        unserved = True  # no candidate provider has a registered worker
         for cand in js.candidates:
             if cand.provider in js.excluded:
                 continue
@@ -567,11 +574,12 @@ class Broker:
             if ready > now:
                 earliest = min(earliest, ready)
                 continue
-            if not (prov_health.allows(now) and pair_health.allows(now)):
-                continue  # a half-open probe is in flight; its outcome wakes us
             workers = [w for w in self.workers.values() if w.provider == cand.provider]
             if not workers:
                 continue  # nobody serves it right now: fall through the chain
+            unserved = False
+            if not (prov_health.allows(now) and pair_health.allows(now)):
+                continue  # a half-open probe is in flight; its outcome wakes us
             best = max(workers, key=lambda w: w.free)
             if best.free <= 0:
                 return False  # busy, not broken: wait for capacity, keep the preference order
@@ -580,7 +588,7 @@ class Broker:
         if not viable:
             self._fail(js, self._job_error(js, "every candidate failed"))
             return True
-        if earliest == math.inf and not js.waiting_logged:
+        if unserved and earliest == math.inf and not js.waiting_logged:
             js.waiting_logged = True  # once per job: it waits for a worker to register
             self.log.warning(
                 "job_waiting_for_worker", job=js.id, candidates=[str(c) for c in js.candidates]

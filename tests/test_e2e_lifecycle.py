@@ -132,3 +132,19 @@ def test_worker_for_an_unknown_provider_stops_with_a_config_error(broker_factory
     stray = broker.start_worker("mock")  # a kind, but no provider of that name in the config
     assert stray.wait(30) == 2
     assert len(broker.events("worker_rejected")) == 1
+
+
+def test_job_for_a_provider_without_workers_waits_visibly_then_meets_its_deadline(
+    broker_factory: Any,
+) -> None:
+    from protocol.errors import ErrorCategory, ProviderError
+
+    broker = broker_factory({"remote": {"kind": "mock", "spawn": False}})
+    with broker.client() as client:
+        try:
+            client.complete(model="remote:echo", prompt="x", job_id="lonely", timeout=1.5)
+            raise AssertionError("the job should not complete")
+        except ProviderError as exc:
+            assert exc.category is ErrorCategory.DEADLINE
+    waits = broker.events("job_waiting_for_worker")
+    assert [w["job"] for w in waits] == ["lonely"]  # said once, not once per loop turn
