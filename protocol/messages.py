@@ -70,6 +70,20 @@ def _pid(value: Any, name: str) -> int:
 
 Checker = Callable[[Any, str], Any]
 REGISTRY: dict[str, type[Message]] = {}
+# Per message class: (field name, required?) in order, and the keys a body may hold.
+# Computed once per class: dataclasses.fields() is too slow for the broker's hot path.
+_SHAPES: dict[type, tuple[tuple[tuple[str, bool], ...], frozenset[str]]] = {}
+
+
+def _shape(cls: type) -> tuple[tuple[tuple[str, bool], ...], frozenset[str]]:
+    shape = _SHAPES.get(cls)
+    if shape is None:
+        names = tuple(
+            (f.name, f.default is MISSING and f.default_factory is MISSING)
+            for f in fields(cls)
+        )
+        shape = _SHAPES[cls] = (names, frozenset({"v", "t", *(n for n, _ in names)}))
+    return shape
 
 
 class Message:
@@ -85,9 +99,9 @@ class Message:
 
     def to_wire(self) -> dict[str, Any]:
         body: dict[str, Any] = {"v": VERSION, "t": self.TYPE}
-        for f in fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            body[f.name] = value.to_wire() if isinstance(value, Job) else value
+        for name, _ in _shape(type(self))[0]:
+            value = getattr(self, name)
+            body[name] = value.to_wire() if isinstance(value, Job) else value
         return body
 
     def encode(self) -> bytes:
@@ -96,12 +110,14 @@ class Message:
     @classmethod
     def parse(cls, body: dict[str, Any]) -> Message:
         kwargs: dict[str, Any] = {}
-        declared = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
-        v.no_extra(body, {"v", "t", *declared}, cls.TYPE)
-        for name, spec in declared.items():
-            if name in body and body[name] is not None:
-                kwargs[name] = cls.CHECKS[name](body[name], f"{cls.TYPE}.{name}")
-            elif spec.default is MISSING and spec.default_factory is MISSING:
+        names, allowed = _shape(cls)
+        if not allowed.issuperset(body):
+            v.no_extra(body, allowed, cls.TYPE)
+        for name, required in names:
+            value = body.get(name)
+            if value is not None:
+                kwargs[name] = cls.CHECKS[name](value, f"{cls.TYPE}.{name}")
+            elif required:
                 raise v.fail(f"{cls.TYPE}.{name}", "missing")
         return cls(**kwargs)
 
