@@ -254,13 +254,16 @@ class Broker:
 
     def _cancel(self, job_id: str) -> None:
         js = self.jobs.get(job_id)
-        if js is None:
-            return
+        if js is not None:
+            self._abort(js, ProviderError(ErrorCategory.CANCELLED, "cancelled by the caller"))
+
+    def _abort(self, js: JobState, err: ProviderError) -> None:
+        """End a job wherever it is: waiting in a queue or running on a worker."""
         if js.queued:
             self.queue.remove(js.client, js.job.priority, js)
             js.queued = False
         self._unassign(js, cancel=True)
-        self._fail(js, ProviderError(ErrorCategory.CANCELLED, "cancelled by the caller"))
+        self._fail(js, err)
 
     # --- worker side --------------------------------------------------------------------
 
@@ -679,14 +682,10 @@ class Broker:
             js = self.jobs.get(job_id)
             if js is None:
                 continue
-            if js.queued:
-                self.queue.remove(js.client, js.job.priority, js)
-                js.queued = False
-            self._unassign(js, cancel=True)
             err = ProviderError(ErrorCategory.DEADLINE, "job deadline passed")
             if js.last_error:
                 err.message += f"; last error: {js.last_error.get('message')}"
-            self._fail(js, err)
+            self._abort(js, err)
         exited = set(self.supervisor.poll(now))
         for worker in [w for w in self.workers.values() if w.pid in exited]:
             self._worker_lost(worker, "process exited")
