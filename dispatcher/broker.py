@@ -712,6 +712,7 @@ class Broker:
                     "last_seen": round(now - w.last_seen, 3),
                     "stats": w.stats,
                     "info": w.info,
+                    "features": sorted(w.features),
                 }
                 for w in self.workers.values()
             ],
