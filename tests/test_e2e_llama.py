@@ -133,3 +133,23 @@ def test_batch_through_two_slots(broker_factory: Any, llama_binary: Any, tiny_mo
         assert (outcome.finish_reason, used) == ("length", 16) or (
             outcome.finish_reason == "stop" and 0 <= used <= 16
         ), (outcome.finish_reason, used)
+
+
+def test_missing_model_is_a_clear_error_not_a_restart_loop(
+    broker_factory: Any, llama_binary: Any, tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-such-model.gguf"
+    broker = broker_factory(
+        {"llama": {"kind": "llamacpp", "options": {"model_path": str(missing)}}}
+    )
+    deadline = time.monotonic() + 60
+    while not broker.events("worker_config_error"):
+        assert time.monotonic() < deadline, broker.log_tail()
+        time.sleep(0.1)
+    failures = broker.events("backend_start_failed")
+    assert len(failures) == 1 and str(missing) in failures[0]["error"]
+    assert failures[0]["category"] == "not_found"
+    time.sleep(1.0)  # a restart loop would have started another worker by now
+    assert not broker.events("worker_restarted")
+    with broker.client() as client:
+        assert client.status()["supervised"][0]["gave_up"] is True
