@@ -202,9 +202,12 @@ class Broker:
             self._send(self.clients, identity, cached[0])
             return
         now = time.monotonic()
+        # Fairness is per named client when it gives a name (stable across reconnects),
+        # else per connection.
+        owner = b"n:" + msg.client.encode() if msg.client else identity
         try:
             if len(self.queue) >= self.bc.max_queued or (
-                self.queue.size_of(identity) >= self.bc.max_queued_per_client
+                self.queue.size_of(owner) >= self.bc.max_queued_per_client
             ):
                 raise ProviderError(
                     ErrorCategory.BROKER_BUSY,
@@ -219,6 +222,7 @@ class Broker:
         js = JobState(
             job=job,
             client=identity,
+            owner=owner,
             candidates=candidates,
             skipped=skipped,
             deadline=now + timeout,
@@ -260,7 +264,7 @@ class Broker:
     def _abort(self, js: JobState, err: ProviderError) -> None:
         """End a job wherever it is: waiting in a queue or running on a worker."""
         if js.queued:
-            self.queue.remove(js.client, js.job.priority, js)
+            self.queue.remove(js.owner, js.job.priority, js)
             js.queued = False
         self._unassign(js, cancel=True)
         self._fail(js, err)
@@ -544,7 +548,7 @@ class Broker:
 
     def _enqueue(self, js: JobState, *, front: bool = False) -> None:
         js.queued = True
-        self.queue.push(js.client, js.job.priority, js, front=front)
+        self.queue.push(js.owner, js.job.priority, js, front=front)
         self.dirty = True
 
     def _dispatch_pending(self) -> None:
@@ -727,7 +731,7 @@ class Broker:
             },
             "health": self.health.snapshot(now),
             "supervised": self.supervisor.snapshot(),
-            "queues": {k.hex(): n for k, n in self.queue.sizes.items()},
+            "queues": {k.decode(errors="replace"): n for k, n in self.queue.sizes.items()},
         }
 
     # --- main loop ----------------------------------------------------------------------

@@ -38,6 +38,7 @@ class WorkerState:
 class JobState:
     job: Job
     client: bytes  # routing id of the client socket that submitted (or resubmitted) it
+    owner: bytes  # fair-queue key: the client's name if it gave one, else its routing id
     candidates: list[Candidate]
     skipped: list[dict[str, str]]
     deadline: float

@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import itertools
 import os
+import re
 import secrets
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
@@ -35,6 +37,7 @@ from protocol.transport import (
     shadow,
     tune_socket,
 )
+from protocol.validate import need_id
 
 DEFAULT_ENDPOINT = os.environ.get("LLMRELAY_ENDPOINT", "tcp://127.0.0.1:5555")
 T = TypeVar("T")
@@ -116,8 +119,12 @@ class AsyncClient:
         heartbeat_interval: float = 1.0,
         liveness: int = 5,
         socket_options: SocketOptions | None = None,
+        name: str | None = None,
     ) -> None:
         self.endpoint = endpoint
+        # The broker queues fairly per name; one per client object unless the caller shares one.
+        host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:60]
+        self.name = need_id(name or f"{host}-{os.getpid()}-{secrets.token_hex(3)}", "client name")
         self.heartbeat_interval = heartbeat_interval
         self.liveness = liveness
         self.socket_options = socket_options or SocketOptions.from_env()
@@ -191,7 +198,12 @@ class AsyncClient:
 
     async def _send_submit(self, pending: _Pending) -> None:
         await self._send(
-            m.Submit(job=pending.job, first_attempt=pending.attempt + 1, delivered=pending.next_seq)
+            m.Submit(
+                job=pending.job,
+                first_attempt=pending.attempt + 1,
+                delivered=pending.next_seq,
+                client=self.name,
+            )
         )
 
     async def _heartbeat(self) -> None:

@@ -148,10 +148,11 @@ class Submit(Message):
     """Client asks for a job. Resubmitting the same job id is idempotent."""
 
     TYPE = "submit"
-    CHECKS = {"job": _job, "first_attempt": _attempt, "delivered": _seq}
+    CHECKS = {"job": _job, "first_attempt": _attempt, "delivered": _seq, "client": _id}
     job: Job
     first_attempt: int = 1  # after a broker restart, attempts continue past those already seen
     delivered: int = 0  # token frames the caller already received
+    client: str | None = None  # stable name for fair queueing (survives reconnects)
 
 
 @dataclass(slots=True)

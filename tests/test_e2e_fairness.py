@@ -74,3 +74,37 @@ def interactive_vs_batch(broker_factory: Any, batch_size: int) -> None:
     )
     jumped = sum(1 for e in order[accepted:dispatched] if e["event"] == "job_dispatched")
     assert jumped <= 4  # at most one round of freed slots went to the batch first
+
+
+def test_fair_share_is_per_client_name(broker_factory: Any) -> None:
+    """Two connections sharing a name share one queue; a third client still gets its turn."""
+    broker = broker_factory({"solo": {"kind": "mock", "capacity": 1}})
+    broker.wait_workers(1)
+    slow = {"mock": {"tokens": ["b"], "first_token_delay": 0.02}}
+
+    async def batch(name: str, prefix: str, n: int) -> list[str]:
+        async with AsyncClient(broker.client_endpoint, name=name) as client:
+            specs = [
+                {"model": "solo:echo", "prompt": "x", "job_id": f"{prefix}-{i}", "metadata": slow}
+                for i in range(n)
+            ]
+            return [o.job_id async for o in client.map(specs, concurrency=n)]
+
+    async def main() -> list[list[str]]:
+        return await asyncio.gather(
+            batch("team-a", "a1", 30), batch("team-a", "a2", 30), batch("team-b", "b", 30)
+        )
+
+    done = asyncio.run(main())
+    assert sorted(map(len, done)) == [30, 30, 30]
+    order = [
+        json.loads(line)["job"]
+        for line in broker.log_path.read_text().splitlines()
+        if '"job_dispatched"' in line
+    ]
+    start = next(i for i, job in enumerate(order) if job.startswith("b-"))
+    window = order[start : start + 40]  # all three connections have jobs waiting here
+    b_share = sum(1 for job in window if job.startswith("b-"))
+    # Per name, team-b alternates with team-a (about 20 of 40); were the queues per
+    # connection, team-b would get only a third (about 13).
+    assert b_share >= 18, (b_share, window)

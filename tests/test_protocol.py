@@ -18,7 +18,7 @@ def job(**extra: object) -> Job:
 
 def test_every_message_round_trips() -> None:
     samples: list[m.Message] = [
-        m.Submit(job=job(), first_attempt=2, delivered=3),
+        m.Submit(job=job(), first_attempt=2, delivered=3, client="host-1-abc"),
         m.Accepted(
             job_id="a", candidates=["mock:echo"], skipped=[{"candidate": "x", "reason": "y"}]
         ),
