@@ -17,6 +17,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+import psutil
 import structlog
 import zmq
 import zmq.auth
@@ -95,6 +96,8 @@ class Broker:
         self.dirty = False
         self.stop_event = threading.Event()
         self.started = now
+        self.next_stats = now + bc.stats_interval
+        self.process = psutil.Process()
         self.totals = {"submitted": 0, "done": 0, "failed": 0, "retries": 0, "frames": 0}
         self.log = log.bind(component="broker")
 
@@ -675,6 +678,9 @@ class Broker:
     # --- periodic work ------------------------------------------------------------------
 
     def _tick(self, now: float) -> None:
+        if now >= self.next_stats:
+            self.next_stats = now + self.bc.stats_interval
+            self._log_stats()
         limit = self.bc.heartbeat_interval * self.bc.heartbeat_liveness
         for worker in list(self.workers.values()):
             if now - worker.last_seen > limit:
@@ -693,6 +699,20 @@ class Broker:
         exited = set(self.supervisor.poll(now))
         for worker in [w for w in self.workers.values() if w.pid in exited]:
             self._worker_lost(worker, "process exited")
+
+    def _log_stats(self) -> None:
+        """The periodic canonical line: queue depth, work in flight, totals, own footprint."""
+        with self.process.oneshot():
+            rss, cpu = self.process.memory_info().rss, self.process.cpu_percent()
+        self.log.info(
+            "broker_stats",
+            queued=len(self.queue),
+            running=sum(len(w.jobs) for w in self.workers.values()),
+            workers=len(self.workers),
+            rss=rss,
+            cpu_percent=cpu,
+            **self.totals,
+        )
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()

@@ -41,6 +41,7 @@ class BrokerConfig:
     flap_restarts: int = 5  # restarts within flap_window that stop the supervisor trying
     flap_window: float = 60.0
     finished_cache: int = 20_000  # finished jobs remembered for idempotent resubmission
+    stats_interval: float = 15.0  # seconds between broker_stats log lines
     # CURVE (optional): Z85 keys; secrets are better given through the environment
     curve_public_key: str | None = None
     curve_secret_key_env: str | None = None  # name of the env var holding the secret key

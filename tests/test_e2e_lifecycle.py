@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 import psutil
@@ -148,3 +149,16 @@ def test_job_for_a_provider_without_workers_waits_visibly_then_meets_its_deadlin
             assert exc.category is ErrorCategory.DEADLINE
     waits = broker.events("job_waiting_for_worker")
     assert [w["job"] for w in waits] == ["lonely"]  # said once, not once per loop turn
+
+
+def test_broker_logs_periodic_stats(broker_factory: Any) -> None:
+    broker = broker_factory({"mock": {"kind": "mock", "capacity": 1}}, stats_interval=0.2)
+    broker.wait_workers(1)
+    with broker.client() as client:
+        client.complete(model="mock:echo", prompt="count me")
+        deadline = time.monotonic() + 20
+        while not [e for e in broker.events("broker_stats") if e["done"] >= 1]:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    line = broker.events("broker_stats")[-1]
+    assert line["workers"] == 1 and line["rss"] > 0 and line["submitted"] >= 1
