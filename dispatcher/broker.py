@@ -10,7 +10,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-import os
 import signal
 import threading
 import time
@@ -20,9 +19,8 @@ from typing import Any
 import psutil
 import structlog
 import zmq
-import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
 
+from dispatcher.auth import start_authenticator
 from dispatcher.config import Config
 from dispatcher.health import CircuitPolicy, HealthBook
 from dispatcher.jobs import JobState, WorkerState
@@ -38,13 +36,7 @@ from dispatcher.routing import Candidate, resolve
 from dispatcher.supervisor import Supervisor
 from protocol import messages as m
 from protocol.errors import HEALTH_FAILURES, ErrorCategory, ProtocolViolation, ProviderError
-from protocol.transport import (
-    CLIENT_PUBLIC_ENV,
-    CLIENT_SECRET_ENV,
-    SERVER_KEY_ENV,
-    apply_server_curve,
-    tune_socket,
-)
+from protocol.transport import apply_server_curve, tune_socket
 from workers.registry import backend_class
 
 log = structlog.get_logger("llmrelay.broker")
@@ -60,7 +52,7 @@ class Broker:
         self.bc = bc
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.opts = bc.socket_options()
-        self.authenticator = self._start_authenticator()
+        self.authenticator = start_authenticator(self.ctx, self.opts, bc.curve_allowed_clients)
         self.clients = self._router(bc.client_endpoint)
         self.workers_sock = self._router(bc.worker_endpoint)
         self.client_endpoint = self.clients.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -100,30 +92,6 @@ class Broker:
         self.process = psutil.Process()
         self.totals = {"submitted": 0, "done": 0, "failed": 0, "retries": 0, "frames": 0}
         self.log = log.bind(component="broker")
-
-    def _start_authenticator(self) -> ThreadAuthenticator | None:
-        """CURVE: admit the configured client keys (or any key) plus our own workers' key."""
-        if not self.opts.curve:
-            return None
-        auth = ThreadAuthenticator(self.ctx)
-        auth.start()
-        allowed = self.bc.curve_allowed_clients
-        if allowed is None:
-            auth.configure_curve(domain="*", location=zmq.auth.CURVE_ALLOW_ANY)
-        else:
-            public, secret = zmq.curve_keypair()
-            os.environ[CLIENT_PUBLIC_ENV] = public.decode()  # inherited by spawned workers
-            os.environ[CLIENT_SECRET_ENV] = secret.decode()
-            keys = {k.encode() for k in allowed} | {public}
-
-            class Allow:
-                def callback(self, domain: str, key: bytes) -> bool:
-                    return key in keys
-
-            auth.configure_curve_callback(domain="*", credentials_provider=Allow())
-        assert self.opts.server_public_key is not None
-        os.environ[SERVER_KEY_ENV] = self.opts.server_public_key
-        return auth
 
     def _router(self, endpoint: str) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = self.ctx.socket(zmq.ROUTER)
