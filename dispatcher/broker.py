@@ -130,6 +130,10 @@ class Broker:
             return frozenset().union(*live)
         return self.static_features.get(provider, frozenset())
 
+    def serves(self, provider: str, model: str) -> bool:
+        """Whether a registered worker of `provider` reports `model` (its live model list)."""
+        return any(model in w.model_set for w in self.workers.values() if w.provider == provider)
+
     # --- client side --------------------------------------------------------------------
 
     def _decode(
@@ -184,7 +188,7 @@ class Broker:
                     ErrorCategory.BROKER_BUSY,
                     f"broker queue full ({len(self.queue)} waiting); retry later",
                 )
-            candidates, skipped = resolve(job, self.config, self.features_of)
+            candidates, skipped = resolve(job, self.config, self.features_of, self.serves)
         except ProviderError as exc:
             self.log.info("job_rejected", job=job.id, category=exc.category.value, why=exc.message)
             self._to_client(identity, m.Failed(job_id=job.id, attempt=0, error=exc.to_wire()))
@@ -705,6 +709,7 @@ class Broker:
                     "stats": w.stats,
                     "info": w.info,
                     "features": sorted(w.features),
+                    "model_count": len(w.models),  # registered: config + live list
                 }
                 for w in self.workers.values()
             ],

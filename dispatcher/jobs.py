@@ -24,6 +24,10 @@ class WorkerState:
     jobs: dict[str, JobState] = field(default_factory=dict)  # job id -> job running here
     stats: dict[str, Any] = field(default_factory=dict)
     draining: bool = False
+    model_set: frozenset[str] = field(init=False)  # `models` for lookups
+
+    def __post_init__(self) -> None:
+        self.model_set = frozenset(self.models)
 
     @property
     def free(self) -> int:

@@ -19,7 +19,9 @@ class Candidate:
         return f"{self.provider}:{self.model}"
 
 
-def _chain(job: Job, config: Config) -> list[Candidate]:
+def _chain(
+    job: Job, config: Config, serves: Callable[[str, str], bool] | None = None
+) -> list[Candidate]:
     if job.route is not None:
         names = config.routes.get(job.route)
         if names is None:
@@ -32,10 +34,12 @@ def _chain(job: Job, config: Config) -> list[Candidate]:
     provider, sep, model = job.model.partition(":")
     if sep and provider in config.providers:
         return [Candidate(provider, model)]
+    # A bare model name: every provider whose config lists it or whose registered workers
+    # report it (live model lists), in config order.
     serving = [
         Candidate(name, job.model)
         for name, spec in config.providers.items()
-        if job.model in spec.models
+        if job.model in spec.models or (serves is not None and serves(name, job.model))
     ]
     if not serving:
         raise ProviderError(
@@ -47,13 +51,19 @@ def _chain(job: Job, config: Config) -> list[Candidate]:
 
 
 def resolve(
-    job: Job, config: Config, features_of: Callable[[str], frozenset[str]]
+    job: Job,
+    config: Config,
+    features_of: Callable[[str], frozenset[str]],
+    serves: Callable[[str, str], bool] | None = None,
 ) -> tuple[list[Candidate], list[dict[str, str]]]:
-    """The candidates able to honour every parameter and content type, and those removed."""
+    """The candidates able to honour every parameter and content type, and those removed.
+
+    `serves(provider, model)` says whether a live worker of `provider` reports `model`.
+    """
     candidates: list[Candidate] = []
     skipped: list[dict[str, str]] = []
     needed = job.required_features()
-    for candidate in _chain(job, config):
+    for candidate in _chain(job, config, serves):
         missing = needed - features_of(candidate.provider)
         if missing:
             reason = f"{candidate.provider} cannot honour {', '.join(sorted(missing))}"

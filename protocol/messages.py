@@ -79,8 +79,7 @@ def _shape(cls: type) -> tuple[tuple[tuple[str, bool], ...], frozenset[str]]:
     shape = _SHAPES.get(cls)
     if shape is None:
         names = tuple(
-            (f.name, f.default is MISSING and f.default_factory is MISSING)
-            for f in fields(cls)
+            (f.name, f.default is MISSING and f.default_factory is MISSING) for f in fields(cls)
         )
         shape = _SHAPES[cls] = (names, frozenset({"v", "t", *(n for n, _ in names)}))
     return shape

@@ -36,13 +36,16 @@ def llama_broker(broker_factory: Any, model: Path, **options: Any) -> Any:
     return broker
 
 
-def llama_stats(broker: Any) -> dict[str, Any]:
+def llama_stats(broker: Any, not_worker: int | None = None) -> dict[str, Any]:
+    """The figures of a registered worker whose llama-server is ready (not `not_worker`)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        status = broker.wait_workers(1, timeout=60)
-        stats = status["workers"][0]["stats"]
-        if stats.get("llama_pid") and stats.get("llama_state") == "ready":
-            return {**stats, "worker_pid": status["workers"][0]["pid"]}
+        for worker in broker.wait_workers(1, timeout=60)["workers"]:
+            stats = worker["stats"]
+            if worker["pid"] == not_worker:
+                continue  # the broker may not have noticed its death yet
+            if stats.get("llama_pid") and stats.get("llama_state") == "ready":
+                return {**stats, "worker_pid": worker["pid"]}
         time.sleep(0.1)
     raise AssertionError("llama-server never reported ready")
 
@@ -111,7 +114,8 @@ def test_kill_9_of_the_worker_leaves_no_llama_server(
     os.kill(before["worker_pid"], signal.SIGKILL)
     _, alive = psutil.wait_procs([server], timeout=15)
     assert not alive, "llama-server outlived its worker"
-    after = llama_stats(broker)  # the broker restarted the worker, which started a new server
+    # The broker restarted the worker, which started a new server.
+    after = llama_stats(broker, not_worker=before["worker_pid"])
     assert after["worker_pid"] != before["worker_pid"]
     assert after["llama_pid"] != before["llama_pid"]
 

@@ -35,6 +35,10 @@ StreamEvent = TextDelta | Finish
 
 ALL_FEATURES = frozenset(PARAMS) | {"vision"}
 
+# Bounds on a live model list (protocol.messages.Ready accepts 4096 ids of <= 256 chars).
+MAX_MODELS = 4096
+MAX_MODEL_ID = 256
+
 
 class Backend(ABC):
     """One provider's own part: turn a job into its request and its stream into events.
@@ -69,6 +73,14 @@ class Backend(ABC):
     def stats(self) -> dict[str, Any]:
         """Extra periodic figures for the heartbeat (e.g. a child server's RSS)."""
         return {}
+
+    async def list_models(self) -> list[str] | None:
+        """The model ids the provider says it serves now, or None if unknown.
+
+        Called once after `start`; the worker registers with the config's models plus these.
+        Must not raise for a provider failure: return None (the config list then stands).
+        """
+        return None
 
     @abstractmethod
     def generate(self, job: Job, model: str, attempt: int) -> AsyncIterator[StreamEvent]:

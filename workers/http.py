@@ -13,14 +13,16 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import AbstractContextManager, aclosing, suppress
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar, TypeVar
 
 import anyio
 import httpx
+import structlog
 
 from protocol.errors import ErrorCategory, ProviderError
 from protocol.job import Job
-from workers.backend import Backend, Finish, StreamEvent, TextDelta
+from workers.backend import MAX_MODEL_ID, MAX_MODELS, Backend, Finish, StreamEvent, TextDelta
 from workers.classify import MAX_MESSAGE, ErrorTable, classify, scrubbed
 from workers.decode import Event, Framing, StreamDecodeError, make_decoder
 from workers.ratelimit import OPENAI, HeaderFamily, Reading, field_table
@@ -36,6 +38,10 @@ TOTAL_TIMEOUT = 600.0
 DRAIN_GRACE = 2.0  # after the terminator, wait this long for the body's end to reuse the socket
 MAX_BODY = 32 << 20  # a non-streamed response body larger than this is refused
 MAX_ERROR_BODY = 64 << 10  # only this much of an error body is read
+LIST_MODELS_TIMEOUT = 10.0  # the whole model-list fetch, all pages
+MAX_MODEL_PAGES = 10
+
+log = structlog.get_logger("llmrelay.worker")
 
 
 class Malformed(ValueError):
@@ -150,6 +156,9 @@ class HttpBackend(Backend):
     errors: ClassVar[ErrorTable] = ErrorTable()
     # Which rate-limit headers this provider sends (workers/ratelimit.py).
     ratelimit_headers: ClassVar[tuple[HeaderFamily, ...]] = (OPENAI,)
+    # GET path of the provider's model list, relative to the base URL; None: not listed.
+    models_path: ClassVar[str | None] = None
+    models_params: ClassVar[Mapping[str, str]] = {}  # query of the first page
 
     def __init__(self, spec: ProviderSpec) -> None:
         super().__init__(spec)
@@ -199,6 +208,17 @@ class HttpBackend(Backend):
     def error_info(self, body: Any) -> ErrorInfo | None:
         """Read the provider's error body (already JSON-decoded); None if it is not one."""
 
+    def model_ids(self, body: Any) -> list[Any]:
+        """The model ids in one page of the model list (`data[].id`, the OpenAI shape)."""
+        return [entry["id"] for entry in body["data"]]
+
+    def next_models_page(self, body: Any, seen: int) -> Mapping[str, str] | None:
+        """The query of the model list's next page, or None when this was the last one.
+
+        `seen` counts the entries read so far (all pages).
+        """
+        return None
+
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -220,6 +240,65 @@ class HttpBackend(Backend):
         if self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
+
+    # -- live model list --------------------------------------------------------------------
+
+    async def list_models(self) -> list[str] | None:
+        """GET the provider's model list; on any failure log `models_unavailable`, return None."""
+        if self.models_path is None or self._client is None:
+            return None
+        timeout = float(self.spec.options.get("list_models_timeout", LIST_MODELS_TIMEOUT))
+        deadline = asyncio.get_running_loop().time() + timeout
+        try:
+            return await self._list_models(self._client, self.models_path, deadline)
+        except ProviderError as exc:
+            error = scrubbed(exc, [self._key or ""])
+            log.warning(
+                "models_unavailable",
+                provider=self.spec.name,
+                category=error.category.value,
+                status_code=error.status_code,
+                error=error.message,
+            )
+            return None
+
+    async def _list_models(
+        self, client: httpx.AsyncClient, path: str, deadline: float
+    ) -> list[str]:
+        ids: dict[str, None] = {}  # ordered and deduplicated
+        params: Mapping[str, str] | None = self.models_params
+        seen = 0
+        try:
+            for _ in range(MAX_MODEL_PAGES):
+                if params is None or len(ids) >= MAX_MODELS:
+                    break
+                with until(deadline):
+                    response = await client.send(
+                        client.build_request("GET", path, params=dict(params)), stream=True
+                    )
+                try:
+                    if not response.is_success:
+                        raise await self._status_error(response, deadline)
+                    body = load_json(await self._read(response, deadline, MAX_BODY, strict=True))
+                finally:
+                    await response.aclose()
+                page = _shape_checked(self.model_ids, body)
+                seen += len(page)
+                for item in page:
+                    if isinstance(item, str) and 0 < len(item) <= MAX_MODEL_ID:
+                        ids.setdefault(item)
+                params = _shape_checked(partial(self.next_models_page, seen=seen), body)
+        except httpx.TransportError as exc:
+            raise network_error(self.spec.name, exc, self.timeouts) from None
+        except httpx.DecodingError as exc:
+            raise self._protocol(f"undecodable model list: {exc}") from None
+        except Malformed as exc:
+            raise self._protocol(f"model list: {exc}") from None
+        except TimeoutError:
+            raise ProviderError(
+                ErrorCategory.NETWORK, "model list timed out", provider=self.spec.name
+            ) from None
+        return list(ids)[:MAX_MODELS]
 
     # -- one job ----------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import psutil
 import structlog
 import zmq
@@ -34,12 +35,25 @@ from protocol.transport import (
     shadow,
     tune_socket,
 )
-from workers.backend import Backend, Finish, TextDelta
+from workers.backend import MAX_MODEL_ID, MAX_MODELS, Backend, Finish, TextDelta
 from workers.procutil import CONFIG_ERROR
 from workers.registry import backend_class
 from workers.spec import ProviderSpec
 
 log = structlog.get_logger("llmrelay.worker")
+
+LIST_MODELS_TIMEOUT = 10.0  # seconds; spec.options list_models_timeout
+
+
+def merge_models(config: list[str], live: list[str]) -> list[str]:
+    """Config models first, then the live ones; order kept, duplicates and bad ids dropped."""
+    merged = dict.fromkeys(config)
+    for model in live:
+        if len(merged) >= MAX_MODELS:
+            break
+        if isinstance(model, str) and 0 < len(model) <= MAX_MODEL_ID:
+            merged.setdefault(model)
+    return list(merged)[:MAX_MODELS]
 
 
 @dataclass(slots=True)
@@ -73,6 +87,7 @@ class WorkerRuntime:
         self.stats_interval = stats_interval
         self.socket_options = socket_options or SocketOptions.from_env()
         self.backend = backend or backend_class(spec.kind)(spec)
+        self.models = list(spec.models)  # what we register with: config plus live models
         self.ctx = zmq.asyncio.Context.instance()
         self.sock: zmq.asyncio.Socket | None = None
         self.raw: zmq.Socket[bytes]
@@ -107,7 +122,7 @@ class WorkerRuntime:
             m.Ready(
                 provider=self.spec.name,
                 kind=self.spec.kind,
-                models=list(self.spec.models),
+                models=list(self.models),
                 capacity=self.spec.capacity,
                 pid=os.getpid(),
                 features=sorted(self.backend.features),
@@ -316,6 +331,7 @@ class WorkerRuntime:
             self.exit_code = 1 if exc.retryable else CONFIG_ERROR
             await self.backend.close()
             return
+        await self._discover_models()
         self._connect()
         tasks = [
             asyncio.create_task(self._sender()),
@@ -335,6 +351,27 @@ class WorkerRuntime:
             await self.backend.close()
             if self.sock is not None:
                 self.sock.close(linger=0)
+
+    async def _discover_models(self) -> None:
+        """Ask the backend once for its live model list; any failure keeps the config list."""
+        opts = self.spec.options
+        if not opts.get("list_models", True):
+            return
+        timeout = float(opts.get("list_models_timeout", LIST_MODELS_TIMEOUT))
+        try:
+            # An anyio scope, like HttpBackend's own timeouts (see workers.http.until).
+            with anyio.fail_after(timeout):
+                live = await self.backend.list_models()
+        except TimeoutError:
+            self.log.warning("models_unavailable", error=f"no model list within {timeout}s")
+            return
+        except Exception as exc:  # a backend bug must not stop the worker
+            self.log.warning("models_unavailable", error=f"{type(exc).__name__}: {exc}")
+            return
+        if live is None:
+            return
+        self.models = merge_models(list(self.spec.models), live)
+        self.log.info("models_listed", count=len(live), registered=len(self.models))
 
     async def _drain(self) -> None:
         """SIGTERM: let running jobs finish for a grace period, cancel the rest, then leave."""

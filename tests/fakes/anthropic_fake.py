@@ -7,11 +7,14 @@ from typing import Any
 
 from tests.fakes.server import (
     FakeServer,
+    ModelList,
     Piece,
     Reply,
     Request,
     Response,
     json_response,
+    page,
+    scripted_listing,
     token_pieces,
 )
 
@@ -29,12 +32,45 @@ def error_body(kind: str, message: str) -> dict[str, Any]:
 
 
 class AnthropicFake:
+    default_models = ("claude-fake-1", "claude-fake-2")
+
     def __init__(self, api_key: str | None = None) -> None:
         self.api_key = api_key
 
-    def __call__(self, request: Request, reply: Reply) -> Response:
-        if request.method != "POST" or request.path.split("?")[0] != "/v1/messages":
-            return json_response(404, error_body("not_found_error", "Not found"))
+    def models(self, request: Request, listing: ModelList) -> Response | None:
+        """`GET /v1/models?limit=&after_id=`: `{"data", "has_more", "first_id", "last_id"}`."""
+        if request.method != "GET" or request.route != "/v1/models":
+            return None
+        denied = self.check(request)
+        if denied is not None:
+            return denied
+        scripted = scripted_listing(listing)
+        if scripted is not None:
+            return scripted
+        after = request.query("after_id")
+        offset = listing.ids.index(after) + 1 if after in listing.ids else 0
+        limit = int(request.query("limit") or 20)  # the API's default page is 20
+        if listing.page_size is not None:
+            limit = min(limit, listing.page_size)
+        ids, more = page(listing.ids, offset, limit)
+        data = [
+            {
+                "id": model,
+                "type": "model",
+                "display_name": model.replace("-", " ").title(),
+                "created_at": "2025-02-19T00:00:00Z",
+                "max_input_tokens": 200000,
+                "max_tokens": 64000,
+            }
+            for model in ids
+        ]
+        first, last = (ids[0], ids[-1]) if ids else (None, None)
+        return json_response(
+            200, {"data": data, "has_more": more, "first_id": first, "last_id": last}
+        )
+
+    def check(self, request: Request) -> Response | None:
+        """The version header and the key, as the API checks them on every endpoint."""
         if "anthropic-version" not in request.headers:
             return json_response(
                 400, error_body("invalid_request_error", "anthropic-version: header is required")
@@ -45,6 +81,14 @@ class AnthropicFake:
         ).removeprefix("Bearer ")
         if self.api_key and given != self.api_key:
             return json_response(401, error_body("authentication_error", "invalid x-api-key"))
+        return None
+
+    def __call__(self, request: Request, reply: Reply) -> Response:
+        if request.method != "POST" or request.path.split("?")[0] != "/v1/messages":
+            return json_response(404, error_body("not_found_error", "Not found"))
+        denied = self.check(request)
+        if denied is not None:
+            return denied
         if reply.status != 200:
             return json_response(reply.status, reply.body, reply.headers)
         body = request.json() or {}

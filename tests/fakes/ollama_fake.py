@@ -7,11 +7,13 @@ from typing import Any
 
 from tests.fakes.server import (
     FakeServer,
+    ModelList,
     Piece,
     Reply,
     Request,
     Response,
     json_response,
+    scripted_listing,
     token_pieces,
 )
 
@@ -23,6 +25,35 @@ def line(obj: dict[str, Any]) -> bytes:
 
 
 class OllamaFake:
+    default_models = ("llama-fake:latest", "qwen-fake:7b")
+
+    def models(self, request: Request, listing: ModelList) -> Response | None:
+        """`GET /api/tags`: `{"models": [{"name", "model", "modified_at", "size", ...}]}`."""
+        if request.method != "GET" or request.route != "/api/tags":
+            return None
+        scripted = scripted_listing(listing)
+        if scripted is not None:
+            return scripted
+        models = [
+            {
+                "name": model,
+                "model": model,
+                "modified_at": CREATED,
+                "size": 4_683_087_332,
+                "digest": "sha256:" + "0" * 64,
+                "details": {
+                    "parent_model": "",
+                    "format": "gguf",
+                    "family": "llama",
+                    "families": ["llama"],
+                    "parameter_size": "7.6B",
+                    "quantization_level": "Q4_K_M",
+                },
+            }
+            for model in listing.ids
+        ]
+        return json_response(200, {"models": models})
+
     def __call__(self, request: Request, reply: Reply) -> Response:
         if request.method != "POST" or request.path != "/api/chat":
             return json_response(404, "404 page not found")

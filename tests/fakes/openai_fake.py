@@ -8,11 +8,13 @@ from typing import Any
 
 from tests.fakes.server import (
     FakeServer,
+    ModelList,
     Piece,
     Reply,
     Request,
     Response,
     json_response,
+    scripted_listing,
     token_pieces,
 )
 
@@ -42,6 +44,8 @@ class OpenAIFake:
     """Renders chat completions; subclasses change paths and quirks (see openrouter_fake)."""
 
     paths: tuple[str, ...] = ("/v1/chat/completions", "/chat/completions")
+    models_paths: tuple[str, ...] = ("/v1/models", "/models")
+    default_models: tuple[str, ...] = ("gpt-fake-1", "gpt-fake-2")
     keepalive: bytes | None = None
 
     def __init__(self, api_key: str | None = None) -> None:
@@ -62,6 +66,31 @@ class OpenAIFake:
             pieces = reply.raw if reply.raw is not None else list(self.stream(reply, body, model))
             return Response(200, {"Content-Type": "text/event-stream", **headers}, pieces=pieces)
         return json_response(200, self.completion(reply, model), headers)
+
+    def models(self, request: Request, listing: ModelList) -> Response | None:
+        """`GET /v1/models`: `{"object": "list", "data": [Model]}` (no paging)."""
+        if request.method != "GET" or request.route not in self.models_paths:
+            return None
+        denied = self.check_auth(request)
+        if denied is not None:
+            return denied
+        scripted = scripted_listing(listing)
+        if scripted is not None:
+            return scripted
+        return json_response(200, self.model_page(request, listing))
+
+    def model_page(self, request: Request, listing: ModelList) -> dict[str, Any]:
+        data = [
+            {
+                "id": model,
+                "object": "model",
+                "created": 1_686_935_002,
+                "owned_by": "system",
+                "shutdown_date": None,
+            }
+            for model in listing.ids
+        ]
+        return {"object": "list", "data": data}
 
     def check_auth(self, request: Request) -> Response | None:
         if self.api_key and request.headers.get("authorization") != f"Bearer {self.api_key}":

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tests.fakes.openai_fake import OpenAIFake, sse
-from tests.fakes.server import FakeServer, Piece, Reply
+from tests.fakes.server import FakeServer, ModelList, Piece, Reply, Request, Response, page
 
 PROCESSING = b": OPENROUTER PROCESSING\n\n"
 RATE_LIMITED = {
@@ -17,7 +17,49 @@ RATE_LIMITED = {
 
 class OpenRouterFake(OpenAIFake):
     paths = ("/api/v1/chat/completions",)
+    models_paths = ("/api/v1/models",)
+    default_models = ("vendor/fake-model-1", "vendor/fake-model-2:free")
     keepalive = PROCESSING
+
+    def check_auth(self, request: Request) -> Response | None:
+        if request.method == "GET":
+            return None  # the model list is public
+        return super().check_auth(request)
+
+    def model_page(self, request: Request, listing: ModelList) -> dict[str, Any]:
+        """`{"data": [Model], "total_count": N, "links": {"next": url | null}}`, paged."""
+        offset = int(request.query("offset") or 0)
+        limit = int(request.query("limit") or 500)
+        if listing.page_size is not None:
+            limit = min(limit, listing.page_size)
+        ids, more = page(listing.ids, offset, limit)
+        following = f"/api/v1/models?offset={offset + len(ids)}&limit={limit}" if more else None
+        data = [
+            {
+                "id": model,
+                "canonical_slug": model,
+                "name": model.title(),
+                "created": 1_700_000_000,
+                "description": "A fake model.",
+                "context_length": 8192,
+                "architecture": {
+                    "input_modalities": ["text"],
+                    "output_modalities": ["text"],
+                    "tokenizer": "Other",
+                    "instruct_type": None,
+                },
+                "pricing": {"prompt": "0.000001", "completion": "0.000002"},
+                "top_provider": {
+                    "context_length": 8192,
+                    "max_completion_tokens": 1024,
+                    "is_moderated": False,
+                },
+                "per_request_limits": None,
+                "supported_parameters": ["max_tokens", "temperature", "tools"],
+            }
+            for model in ids
+        ]
+        return {"data": data, "total_count": len(listing.ids), "links": {"next": following}}
 
     def base(self, model: str) -> dict[str, Any]:
         return {**super().base(model), "id": "gen-fake", "provider": "OpenAI"}

@@ -16,7 +16,8 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
+from urllib.parse import parse_qs, urlsplit
 
 
 @dataclass
@@ -56,6 +57,48 @@ class Request:
 
     def json(self) -> Any:
         return json.loads(self.body) if self.body else None
+
+    @property
+    def route(self) -> str:
+        """The path without its query."""
+        return urlsplit(self.path).path
+
+    def query(self, name: str) -> str | None:
+        values = parse_qs(urlsplit(self.path).query).get(name)
+        return values[0] if values else None
+
+
+@dataclass
+class ModelList:
+    """What the fake's model-list endpoint answers (not taken from the `Reply` queue)."""
+
+    ids: list[str] = field(default_factory=list)
+    status: int = 200
+    body: Any = None  # replaces the rendered list (dict -> JSON, str/bytes raw): errors, junk
+    page_size: int | None = None  # at most this many per page, where the provider pages
+
+
+@runtime_checkable
+class ListsModels(Protocol):
+    """A provider fake that renders its models endpoint; None if `request` is not for it."""
+
+    default_models: tuple[str, ...]
+
+    def models(self, request: Request, listing: ModelList) -> Response | None: ...
+
+
+def scripted_listing(listing: ModelList) -> Response | None:
+    """The response a test scripted instead of the rendered list (an error, junk), if any."""
+    if listing.status == 200 and listing.body is None:
+        return None
+    body = listing.body if listing.body is not None else {"error": "scripted failure"}
+    return json_response(listing.status, body)
+
+
+def page(ids: list[str], offset: int, limit: int | None) -> tuple[list[str], bool]:
+    """One page of `ids` from `offset`, and whether more follow."""
+    end = len(ids) if limit is None else offset + max(1, limit)
+    return ids[offset:end], end < len(ids)
 
 
 @dataclass(frozen=True)
@@ -131,6 +174,12 @@ class FakeServer:
     def __init__(self, handler: Handler) -> None:
         self.handler = handler
         self.default = Reply()
+        # Answered at the provider's models endpoint; these requests go to `model_requests`
+        # and never consume a scripted reply (a worker asks once when it starts).
+        self.models = ModelList(
+            list(handler.default_models) if isinstance(handler, ListsModels) else []
+        )
+        self.model_requests: list[Request] = []
         self.replies: deque[Reply] = deque()
         self.requests: list[Request] = []
         self.connections = 0  # TCP connections accepted
@@ -250,6 +299,14 @@ class FakeServer:
                 headers[name.strip().lower()] = value.strip()
         body = await self._body(reader, headers)
         request = Request(method, path, headers, body)
+        if isinstance(self.handler, ListsModels):
+            with self._cond:
+                listing = self.models
+            listed = self.handler.models(request, listing)
+            if listed is not None:
+                self._changed(lambda: self.model_requests.append(request))
+                keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+                return await self._send(reader, writer, listed, self.default, keep)
         with self._cond:
             self.requests.append(request)
             reply = self.replies.popleft() if self.replies else self.default

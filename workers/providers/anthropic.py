@@ -7,6 +7,7 @@ API requires one), anthropic_version, anthropic_beta.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from protocol.errors import ErrorCategory as C
@@ -207,6 +208,9 @@ class MessageStream(StreamMapper):
 class AnthropicBackend(HttpBackend):
     kind = "anthropic"
     path = "/v1/messages"
+    # GET /v1/models: {"data": [{"id": ...}], "has_more": bool, "first_id", "last_id"}
+    models_path = "/v1/models"
+    models_params: ClassVar[Mapping[str, str]] = {"limit": "1000"}
     default_base_url = "https://api.anthropic.com"
     api_key_env: ClassVar[str | None] = "ANTHROPIC_API_KEY"
     errors = ERRORS
@@ -305,6 +309,12 @@ class AnthropicBackend(HttpBackend):
             {"tool_calls": calls} if calls else {},
         )
         return text, finish
+
+    def next_models_page(self, body: Any, seen: int) -> Mapping[str, str] | None:
+        last = body.get("last_id")
+        if body.get("has_more") and isinstance(last, str) and last:
+            return {"limit": "1000", "after_id": last}
+        return None
 
     def error_info(self, body: Any) -> ErrorInfo | None:
         error = body.get("error") if isinstance(body, dict) else None

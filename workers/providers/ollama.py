@@ -163,6 +163,7 @@ class OllamaBackend(HttpBackend):
     kind = "ollama"
     framing: ClassVar[Framing] = "ndjson"
     path = "/api/chat"
+    models_path = "/api/tags"  # {"models": [{"name": ..., "model": ...}]}
     default_base_url = DEFAULT_HOST
     key_required = False
     errors = ERRORS
@@ -207,6 +208,9 @@ class OllamaBackend(HttpBackend):
         if not isinstance(message, dict):
             raise Malformed("response has no message")
         return message.get("content") or "", _finish(obj, _tool_calls(message))
+
+    def model_ids(self, body: Any) -> list[Any]:
+        return [entry["name"] for entry in body["models"]]
 
     def error_info(self, body: Any) -> ErrorInfo | None:
         error = body.get("error") if isinstance(body, dict) else None

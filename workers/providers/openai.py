@@ -144,6 +144,7 @@ class ChatStream(StreamMapper):
 class OpenAIBackend(HttpBackend):
     kind = "openai"
     path = "/chat/completions"
+    models_path = "/models"  # {"object": "list", "data": [{"id": ...}]}
     default_base_url = "https://api.openai.com/v1"
     api_key_env: ClassVar[str | None] = "OPENAI_API_KEY"
     errors = ERRORS

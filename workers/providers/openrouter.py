@@ -11,6 +11,7 @@ Options: as OpenAI, plus referer, title, provider (dict merged into the routing 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from protocol.errors import ErrorCategory as C
@@ -71,6 +72,14 @@ class OpenRouterBackend(OpenAIBackend):
     max_tokens_field = "max_tokens"
     max_stop = None
     include_usage = False  # usage is always in the final chunk
+    # GET /models: {"data": [{"id": ...}], "total_count": N, "links": {"next": url | null}}
+    models_params: ClassVar[Mapping[str, str]] = {"limit": "1000"}
+
+    def next_models_page(self, body: Any, seen: int) -> Mapping[str, str] | None:
+        links = body.get("links")
+        if isinstance(links, dict) and links.get("next"):
+            return {"limit": "1000", "offset": str(seen)}
+        return None
 
     def extra_headers(self) -> dict[str, str]:
         opts = self.spec.options
