@@ -20,7 +20,13 @@ from tests.fakes.drive import FAKE_KEY, make_backend, with_backend
 from tests.fakes.server import FakeServer
 from tests.harness import BrokerProcess
 from tests.llamacpp_support import run, spec_for
-from tests.test_e2e_providers import JOB_TIMEOUT, KEY_ENV, WORKER_WAIT, provider
+from tests.test_e2e_providers import (  # api_keys: the same autouse fixture
+    JOB_TIMEOUT,
+    WORKER_WAIT,
+    api_keys,  # noqa: F401
+    fake_for,
+    provider,
+)
 from workers.backend import Backend, StreamEvent
 from workers.http import HttpBackend
 from workers.providers.llamacpp import LlamaCppBackend
@@ -36,18 +42,6 @@ MODELS_PATH = {
     "openrouter": "/api/v1/models",
     "ollama": "/api/tags",
 }
-
-
-@pytest.fixture(autouse=True)
-def api_keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    for env in KEY_ENV.values():
-        monkeypatch.setenv(env, FAKE_KEY)
-
-
-def fake_for(request: pytest.FixtureRequest, kind: str) -> FakeServer:
-    fake = request.getfixturevalue(f"{kind}_fake")
-    assert isinstance(fake, FakeServer)
-    return fake
 
 
 def listed(backend: HttpBackend) -> list[str] | None:

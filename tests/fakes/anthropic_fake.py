@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from tests.fakes.server import (
+    ChatEndpoint,
     FakeServer,
     ModelList,
     Piece,
@@ -31,7 +32,11 @@ def error_body(kind: str, message: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": kind, "message": message}, "request_id": "req_fake"}
 
 
-class AnthropicFake:
+class AnthropicFake(ChatEndpoint):
+    paths = ("/v1/messages",)
+    not_found = error_body("not_found_error", "Not found")
+    default_model = "claude-test"
+    request_id = ("request-id", "req_fake")
     default_models = ("claude-fake-1", "claude-fake-2")
 
     def __init__(self, api_key: str | None = None) -> None:
@@ -41,7 +46,7 @@ class AnthropicFake:
         """`GET /v1/models?limit=&after_id=`: `{"data", "has_more", "first_id", "last_id"}`."""
         if request.method != "GET" or request.route != "/v1/models":
             return None
-        denied = self.check(request)
+        denied = self.authorize(request)
         if denied is not None:
             return denied
         scripted = scripted_listing(listing)
@@ -69,7 +74,7 @@ class AnthropicFake:
             200, {"data": data, "has_more": more, "first_id": first, "last_id": last}
         )
 
-    def check(self, request: Request) -> Response | None:
+    def authorize(self, request: Request) -> Response | None:
         """The version header and the key, as the API checks them on every endpoint."""
         if "anthropic-version" not in request.headers:
             return json_response(
@@ -83,21 +88,11 @@ class AnthropicFake:
             return json_response(401, error_body("authentication_error", "invalid x-api-key"))
         return None
 
-    def __call__(self, request: Request, reply: Reply) -> Response:
-        if request.method != "POST" or request.path.split("?")[0] != "/v1/messages":
-            return json_response(404, error_body("not_found_error", "Not found"))
-        denied = self.check(request)
-        if denied is not None:
-            return denied
-        if reply.status != 200:
-            return json_response(reply.status, reply.body, reply.headers)
-        body = request.json() or {}
-        model = reply.model or body.get("model", "claude-test")
-        headers = {"request-id": "req_fake", **reply.headers}
-        if body.get("stream"):
-            pieces = reply.raw if reply.raw is not None else self.stream(reply, model)
-            return Response(200, {"Content-Type": "text/event-stream", **headers}, pieces=pieces)
-        return json_response(200, self.message(reply, model), headers)
+    def render_stream(self, reply: Reply, body: dict[str, Any], model: str) -> list[Piece]:
+        return self.stream(reply, model)
+
+    def render_whole(self, reply: Reply, body: dict[str, Any], model: str) -> Any:
+        return self.message(reply, model)
 
     def stream(self, reply: Reply, model: str) -> list[Piece]:
         start = self.message(reply, model, streaming=True)

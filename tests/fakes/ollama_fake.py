@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from tests.fakes.server import (
+    ChatEndpoint,
     FakeServer,
     ModelList,
     Piece,
@@ -24,7 +25,12 @@ def line(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj).encode() + b"\n"
 
 
-class OllamaFake:
+class OllamaFake(ChatEndpoint):
+    paths = ("/api/chat",)
+    not_found = "404 page not found"
+    default_model = "llama-test"
+    stream_type = "application/x-ndjson"
+    streams_by_default = True
     default_models = ("llama-fake:latest", "qwen-fake:7b")
 
     def models(self, request: Request, listing: ModelList) -> Response | None:
@@ -54,19 +60,11 @@ class OllamaFake:
         ]
         return json_response(200, {"models": models})
 
-    def __call__(self, request: Request, reply: Reply) -> Response:
-        if request.method != "POST" or request.path != "/api/chat":
-            return json_response(404, "404 page not found")
-        if reply.status != 200:
-            return json_response(reply.status, reply.body, reply.headers)
-        body = request.json() or {}
-        model = reply.model or body.get("model", "llama-test")
-        if body.get("stream", True):  # Ollama streams unless told not to
-            pieces = reply.raw if reply.raw is not None else self.stream(reply, model)
-            return Response(
-                200, {"Content-Type": "application/x-ndjson", **reply.headers}, pieces=pieces
-            )
-        return json_response(200, self.final(reply, model, "".join(reply.tokens)), reply.headers)
+    def render_stream(self, reply: Reply, body: dict[str, Any], model: str) -> list[Piece]:
+        return self.stream(reply, model)
+
+    def render_whole(self, reply: Reply, body: dict[str, Any], model: str) -> Any:
+        return self.final(reply, model, "".join(reply.tokens))
 
     def stream(self, reply: Reply, model: str) -> list[Piece]:
         pieces: list[Piece] = list(

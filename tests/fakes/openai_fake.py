@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from tests.fakes.server import (
+    ChatEndpoint,
     FakeServer,
     ModelList,
     Piece,
@@ -40,10 +41,13 @@ def sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj).encode() + b"\n\n"
 
 
-class OpenAIFake:
+class OpenAIFake(ChatEndpoint):
     """Renders chat completions; subclasses change paths and quirks (see openrouter_fake)."""
 
     paths: tuple[str, ...] = ("/v1/chat/completions", "/chat/completions")
+    not_found = NOT_FOUND
+    default_model = "gpt-test"
+    request_id = ("x-request-id", "req_fake")
     models_paths: tuple[str, ...] = ("/v1/models", "/models")
     default_models: tuple[str, ...] = ("gpt-fake-1", "gpt-fake-2")
     keepalive: bytes | None = None
@@ -51,27 +55,17 @@ class OpenAIFake:
     def __init__(self, api_key: str | None = None) -> None:
         self.api_key = api_key  # when set, requests must carry it
 
-    def __call__(self, request: Request, reply: Reply) -> Response:
-        if request.method != "POST" or request.path.split("?")[0] not in self.paths:
-            return json_response(404, NOT_FOUND)
-        denied = self.check_auth(request)
-        if denied is not None:
-            return denied
-        if reply.status != 200:
-            return json_response(reply.status, reply.body, reply.headers)
-        body = request.json() or {}
-        model = reply.model or body.get("model", "gpt-test")
-        headers = {"x-request-id": "req_fake", **reply.headers}
-        if body.get("stream"):
-            pieces = reply.raw if reply.raw is not None else list(self.stream(reply, body, model))
-            return Response(200, {"Content-Type": "text/event-stream", **headers}, pieces=pieces)
-        return json_response(200, self.completion(reply, model), headers)
+    def render_stream(self, reply: Reply, body: dict[str, Any], model: str) -> list[Piece]:
+        return list(self.stream(reply, body, model))
+
+    def render_whole(self, reply: Reply, body: dict[str, Any], model: str) -> Any:
+        return self.completion(reply, model)
 
     def models(self, request: Request, listing: ModelList) -> Response | None:
         """`GET /v1/models`: `{"object": "list", "data": [Model]}` (no paging)."""
         if request.method != "GET" or request.route not in self.models_paths:
             return None
-        denied = self.check_auth(request)
+        denied = self.authorize(request)
         if denied is not None:
             return denied
         scripted = scripted_listing(listing)
@@ -92,7 +86,7 @@ class OpenAIFake:
         ]
         return {"object": "list", "data": data}
 
-    def check_auth(self, request: Request) -> Response | None:
+    def authorize(self, request: Request) -> Response | None:
         if self.api_key and request.headers.get("authorization") != f"Bearer {self.api_key}":
             return json_response(401, BAD_KEY)
         return None

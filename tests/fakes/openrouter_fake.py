@@ -21,10 +21,10 @@ class OpenRouterFake(OpenAIFake):
     default_models = ("vendor/fake-model-1", "vendor/fake-model-2:free")
     keepalive = PROCESSING
 
-    def check_auth(self, request: Request) -> Response | None:
+    def authorize(self, request: Request) -> Response | None:
         if request.method == "GET":
             return None  # the model list is public
-        return super().check_auth(request)
+        return super().authorize(request)
 
     def model_page(self, request: Request, listing: ModelList) -> dict[str, Any]:
         """`{"data": [Model], "total_count": N, "links": {"next": url | null}}`, paged."""

@@ -133,6 +133,43 @@ def json_response(status: int, body: Any, headers: dict[str, str] | None = None)
     return Response(status, {"Content-Type": "application/json", **(headers or {})}, raw)
 
 
+class ChatEndpoint:
+    """The request flow every chat fake shares: route, auth, a scripted error status, then a
+    streamed or whole answer. A provider fake fills in only what is its own."""
+
+    paths: tuple[str, ...] = ()
+    not_found: Any = "not found"  # the provider's own 404 body
+    default_model = "test-model"
+    stream_type = "text/event-stream"
+    streams_by_default = False  # Ollama streams unless the body says "stream": false
+    request_id: tuple[str, str] | None = None  # header the provider stamps on answers
+
+    def authorize(self, request: Request) -> Response | None:
+        return None  # an error response when the request may not pass
+
+    def render_stream(self, reply: Reply, body: dict[str, Any], model: str) -> list[Piece]:
+        raise NotImplementedError
+
+    def render_whole(self, reply: Reply, body: dict[str, Any], model: str) -> Any:
+        raise NotImplementedError
+
+    def __call__(self, request: Request, reply: Reply) -> Response:
+        if request.method != "POST" or request.route not in self.paths:
+            return json_response(404, self.not_found)
+        denied = self.authorize(request)
+        if denied is not None:
+            return denied
+        if reply.status != 200:
+            return json_response(reply.status, reply.body, reply.headers)
+        body = request.json() or {}
+        model = reply.model or body.get("model", self.default_model)
+        headers = {**(dict([self.request_id]) if self.request_id else {}), **reply.headers}
+        if body.get("stream", self.streams_by_default):
+            pieces = reply.raw if reply.raw is not None else self.render_stream(reply, body, model)
+            return Response(200, {"Content-Type": self.stream_type, **headers}, pieces=pieces)
+        return json_response(200, self.render_whole(reply, body, model), headers)
+
+
 def token_pieces(
     reply: Reply,
     token: Callable[[str], bytes],
