@@ -11,11 +11,14 @@ Script keys (in the provider's `options`, overridden per job by `job.metadata["m
       mode "hang": freeze the whole process (no heartbeats) after k tokens
       mode "stall": this job stops producing but the process stays alive
   "attempt" may be omitted to fail every attempt; "worker_pid" limits a rule to one process.
+  call_log: str               append one JSON line per call ({job, attempt, custom_id}) to this
+                              file, so tests can count how often each job really ran
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -46,6 +49,15 @@ def script_tokens(script: dict[str, Any], job: Job) -> list[str]:
         return [f"t{i} " for i in range(int(script["token_count"]))]
     words = _last_user_text(job).split()
     return [w + " " for w in words] or ["(empty) "]
+
+
+def _log_call(path: str, job: Job, attempt: int) -> None:
+    entry = {"job": job.id, "attempt": attempt, "custom_id": job.metadata.get("custom_id")}
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:  # one write per line: several worker processes share the file
+        os.write(fd, (json.dumps(entry) + "\n").encode())
+    finally:
+        os.close(fd)
 
 
 class MockBackend(Backend):
@@ -86,6 +98,8 @@ class MockBackend(Backend):
         rule = self._rule(script, attempt)
         token_delay = float(script.get("token_delay", 0.0))
         self.jobs_started += 1
+        if script.get("call_log"):
+            _log_call(str(script["call_log"]), job, attempt)
         produced = 0
         try:
             await asyncio.sleep(float(script.get("first_token_delay", 0.0)))
