@@ -42,6 +42,7 @@ from protocol.errors import ErrorCategory, ProtocolViolation, ProviderError
 from protocol.job import Job
 from protocol.results import Done, Result
 
+MAX_RENEWALS = 20  # fresh ids tried for a request that earlier runs cancelled
 CostFn = Callable[[str | None, str | None, dict[str, Any]], float | None]
 ProgressFn = Callable[[Stats], None]
 
@@ -249,6 +250,7 @@ def _build(
 async def _run_one(
     client: AsyncClient, job: Job, targets: Targets, busy_retry: float
 ) -> tuple[Job, Result | ProviderError]:
+    renewals = 0
     while True:
         try:
             async for event in client.submit_job(job):
@@ -258,6 +260,13 @@ async def _run_one(
         except ProviderError as exc:
             if exc.category is ErrorCategory.BROKER_BUSY:
                 await asyncio.sleep(busy_retry)
+                continue
+            if exc.category is ErrorCategory.CANCELLED and renewals < MAX_RENEWALS:
+                # This run never cancels through the broker while it waits for a result, so
+                # this is the broker replaying an earlier run's cancel (it remembers finished
+                # ids): run the request again under an id derived from the old one.
+                renewals += 1
+                job = dataclasses.replace(job, id=job_id_for(job.id, "", "", "after-cancel"))
                 continue
             as_model = targets.not_a_route(job, exc)
             if as_model is None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -258,13 +260,22 @@ def test_broker_killed_and_restarted_mid_batch_completes_each_id_once(
     restarted: list[int] = []
 
     async def go() -> BatchReport:
+        loop = asyncio.get_running_loop()
         async with AsyncClient(broker.client_endpoint, heartbeat_interval=0.5) as client:
+
+            def restart() -> None:
+                broker.kill()  # SIGKILL the broker and its workers
+                # The client stub notices a new broker only through silence (no instance id
+                # in Pong yet), so the new one comes up after the client's liveness window.
+                time.sleep(0.5 * 5 + 1.0)
+                # A new instance on the same endpoints, started from the main thread: its
+                # die-with-parent signal follows the thread that spawned it.
+                loop.call_soon_threadsafe(broker.start)
 
             def progress(stats: Any) -> None:
                 if stats.done >= 300 and not restarted:
                     restarted.append(stats.done)
-                    broker.kill()  # SIGKILL the broker and its workers
-                    broker.start()  # a new instance on the same endpoints
+                    threading.Thread(target=restart, daemon=True).start()
 
             return await run_batch(
                 source,
