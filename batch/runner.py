@@ -174,7 +174,7 @@ class _Work:
     job: Job
 
 
-def _plan(
+def plan(
     source: Source,
     options: BatchOptions,
     targets: Targets,
@@ -328,7 +328,7 @@ async def run_batch(
     err_path = Path(errors) if errors is not None else default_errors_path(out_path)
     done, reruns, failures_before = _open_files(out_path, err_path, options)
     targets = Targets(options)
-    fmt, items, stats = _plan(source, options, targets, done, reruns)
+    fmt, items, stats = plan(source, options, targets, done, reruns)
     report = BatchReport(
         fmt.name,
         out_path,

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 from protocol.errors import ProviderError
 from protocol.job import Job
-from protocol.schema import Float, Int, Key, List, StrList
+from protocol.schema import Float, Int, Key, List, Str, StrList
 from workers.backend import Backend, Finish, StreamEvent, TextDelta
 
 
@@ -69,6 +69,7 @@ class MockBackend(Backend):
         "first_token_delay": Float(min=0),
         "token_delay": Float(min=0),
         "fail": List(),
+        "call_log": Str(),
     }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
