@@ -21,6 +21,7 @@ import structlog
 import zmq
 
 from dispatcher.auth import start_authenticator
+from dispatcher.catalog_service import CatalogService
 from dispatcher.config import Config
 from dispatcher.health import CircuitPolicy, HealthBook
 from dispatcher.jobs import JobState, WorkerState
@@ -37,7 +38,6 @@ from dispatcher.supervisor import Supervisor
 from protocol import messages as m
 from protocol.errors import HEALTH_FAILURES, ErrorCategory, ProtocolViolation, ProviderError
 from protocol.transport import apply_server_curve, tune_socket
-from workers.registry import backend_class
 
 log = structlog.get_logger("llmrelay.broker")
 
@@ -69,9 +69,7 @@ class Broker:
         self.pacers = {
             name: Pacer(spec.rpm, spec.tpm, now) for name, spec in config.providers.items()
         }
-        self.static_features = {
-            name: backend_class(spec.kind).features for name, spec in config.providers.items()
-        }
+        self.catalog = CatalogService(config, ttl=bc.catalog_ttl, discover=bc.catalog_discovery)
         self.supervisor = Supervisor(
             [s for s in config.providers.values() if spawn and s.spawn],
             bc.worker_connect or self.worker_endpoint.replace("0.0.0.0", "127.0.0.1"),
@@ -124,12 +122,6 @@ class Broker:
 
     # --- capabilities -------------------------------------------------------------------
 
-    def features_of(self, provider: str) -> frozenset[str]:
-        live = [w.features for w in self.workers.values() if w.provider == provider]
-        if live:
-            return frozenset().union(*live)
-        return self.static_features.get(provider, frozenset())
-
     def serves(self, provider: str, model: str) -> bool:
         """Whether a registered worker of `provider` reports `model` (its live model list)."""
         return any(model in w.model_set for w in self.workers.values() if w.provider == provider)
@@ -163,6 +155,8 @@ class Broker:
             self._cancel(msg.job_id)
         elif isinstance(msg, m.StatusQuery):
             self._to_client(identity, m.StatusReply(status=self.status()))
+        elif isinstance(msg, m.CatalogQuery):
+            self.catalog.ask(identity, msg, lambda reply: self._to_client(identity, reply))
         else:
             self._to_client(identity, m.Error(message=f"unexpected message type {msg.TYPE!r}"))
 
@@ -188,7 +182,7 @@ class Broker:
                     ErrorCategory.BROKER_BUSY,
                     f"broker queue full ({len(self.queue)} waiting); retry later",
                 )
-            candidates, skipped = resolve(job, self.config, self.features_of, self.serves)
+            resolved = resolve(job, self.config, self.catalog.catalog, self.serves)
         except ProviderError as exc:
             self.log.info("job_rejected", job=job.id, category=exc.category.value, why=exc.message)
             self._to_client(identity, m.Failed(job_id=job.id, attempt=0, error=exc.to_wire()))
@@ -198,8 +192,9 @@ class Broker:
             job=job,
             client=identity,
             owner=owner,
-            candidates=candidates,
-            skipped=skipped,
+            candidates=resolved.candidates,
+            skipped=resolved.skipped,
+            notes=resolved.notes(),
             deadline=now + timeout,
             attempt=msg.first_attempt - 1,
             client_has_tokens=msg.delivered > 0,
@@ -211,9 +206,15 @@ class Broker:
         self._enqueue(js)
         self._to_client(
             identity,
-            m.Accepted(job_id=job.id, candidates=[str(c) for c in candidates], skipped=skipped),
+            m.Accepted(
+                job_id=job.id,
+                candidates=[str(c) for c in resolved.candidates],
+                skipped=resolved.skipped,
+            ),
         )
-        self.log.debug("job_accepted", job=job.id, candidates=[str(c) for c in candidates])
+        self.log.debug(
+            "job_accepted", job=job.id, candidates=[str(c) for c in resolved.candidates]
+        )
 
     def _resubmitted(self, js: JobState, identity: bytes, msg: m.Submit) -> None:
         """Same id again: the caller reconnected. Re-attach; restart if it missed frames."""
@@ -300,6 +301,7 @@ class Broker:
             info=msg.info,
             last_seen=now,
         )
+        self.catalog.catalog.from_worker(msg.provider, msg.models, msg.info)
         self.supervisor.mark_healthy(msg.pid)
         self.dirty = True
         self.log.info(
@@ -344,6 +346,8 @@ class Broker:
             "candidate": str(js.candidate),
             "attempts": js.trail,
             "skipped": js.skipped,
+            **js.notes,
+            **self.catalog.cost(js.candidate, msg.result.get("usage")),
             "latency": now - js.submitted,
             "ttft": None if js.first_token_at is None else js.first_token_at - js.submitted,
         }
@@ -668,6 +672,7 @@ class Broker:
             if js.last_error:
                 err.message += f"; last error: {js.last_error.get('message')}"
             self._abort(js, err)
+        self.catalog.flush()
         exited = set(self.supervisor.poll(now))
         for worker in [w for w in self.workers.values() if w.pid in exited]:
             self._worker_lost(worker, "process exited")
@@ -737,6 +742,7 @@ class Broker:
             providers=sorted(self.config.providers),
         )
         self.supervisor.start_all()
+        self.catalog.start()
         poller = zmq.Poller()
         poller.register(self.clients, zmq.POLLIN)
         poller.register(self.workers_sock, zmq.POLLIN)

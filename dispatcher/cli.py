@@ -1,4 +1,4 @@
-"""The `llmrelay` command: broker, worker, submit, status, tiny-model."""
+"""The `llmrelay` command: broker, worker, submit, status, models, tiny-model."""
 
 from __future__ import annotations
 
@@ -130,6 +130,28 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _models(args: argparse.Namespace) -> Any:
+    async with AsyncClient(args.endpoint) as client:
+        return await client.models(
+            provider=args.provider,
+            capability=args.capability,
+            refresh=args.refresh,
+            timeout=args.timeout,
+        )
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from catalog.listing import render_models
+
+    try:
+        listing = asyncio.run(_models(args))
+    except ProviderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(listing, indent=2) if args.json else render_models(listing))
+    return 0
+
+
 def _cmd_tiny_model(args: argparse.Namespace) -> int:
     from workers.llamacpp.tinymodel import write_tiny_model
 
@@ -176,6 +198,17 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--endpoint", default=DEFAULT_ENDPOINT)
     status.add_argument("--timeout", type=float, default=5.0)
     status.set_defaults(func=_cmd_status)
+
+    models = sub.add_parser("models", help="the catalog: models, capabilities, prices")
+    models.add_argument("--provider", help="only this configured provider")
+    models.add_argument(
+        "--capability", help="only models with it: vision, tools, json_object, json_schema, ..."
+    )
+    models.add_argument("--refresh", action="store_true", help="refetch live model data first")
+    models.add_argument("--json", action="store_true")
+    models.add_argument("--endpoint", default=DEFAULT_ENDPOINT)
+    models.add_argument("--timeout", type=float, default=60.0)
+    models.set_defaults(func=_cmd_models)
 
     tiny = sub.add_parser("tiny-model", help="write a tiny random-weight GGUF (TEST model)")
     tiny.add_argument("path")

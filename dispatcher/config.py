@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from catalog.capabilities import CatalogError
+from catalog.registry import check_overrides
 from protocol.transport import SocketOptions
 from workers.registry import KINDS
 from workers.spec import ProviderSpec
@@ -42,6 +44,8 @@ class BrokerConfig:
     flap_window: float = 60.0
     finished_cache: int = 20_000  # finished jobs remembered for idempotent resubmission
     stats_interval: float = 15.0  # seconds between broker_stats log lines
+    catalog_ttl: float = 3600.0  # seconds a provider's live model facts stay fresh
+    catalog_discovery: bool = True  # fetch live model facts from the providers at start
     # CURVE (optional): Z85 keys; secrets are better given through the environment
     curve_public_key: str | None = None
     curve_secret_key_env: str | None = None  # name of the env var holding the secret key
@@ -60,6 +64,32 @@ class Config:
     providers: dict[str, ProviderSpec] = field(default_factory=dict)
     routes: dict[str, list[str]] = field(default_factory=dict)
     path: str | None = None
+    strategies: dict[str, str] = field(default_factory=dict)  # route -> strategy, if set
+
+
+ROUTE_KEYS = ("candidates", "strategy")
+# Kept here (not imported from dispatcher.routing, which imports this module).
+ROUTE_STRATEGIES = ("first_available", "first_healthy", "best_effort")
+
+
+def _route(name: str, raw: Any) -> tuple[list[str], str | None]:
+    """A route is a list of "provider:model" or a table {candidates, strategy}."""
+    strategy = None
+    if isinstance(raw, dict):
+        unknown = sorted(set(raw) - set(ROUTE_KEYS))
+        if unknown:
+            raise ConfigError(
+                f"[routes.{name}] unknown key(s) {unknown}; known: {list(ROUTE_KEYS)}"
+            )
+        strategy = raw.get("strategy")
+        if strategy is not None and strategy not in ROUTE_STRATEGIES:
+            raise ConfigError(
+                f"[routes.{name}] strategy {strategy!r} unknown; known: {list(ROUTE_STRATEGIES)}"
+            )
+        raw = raw.get("candidates")
+    if not isinstance(raw, list) or not raw or not all(isinstance(c, str) for c in raw):
+        raise ConfigError(f'[routes.{name}] needs candidates = ["provider:model", ...]')
+    return list(raw), strategy
 
 
 def default_config() -> Config:
@@ -94,21 +124,30 @@ def parse_config(data: dict[str, Any], path: str | None = None) -> Config:
             raise ConfigError(f"[providers.{name}] kind {kind!r} unknown; known: {sorted(KINDS)}")
         if int(values.get("capacity", 1)) < 1:
             raise ConfigError(f"[providers.{name}] capacity must be >= 1")
+        try:
+            values["catalog"] = check_overrides(name, values.get("catalog", {}))
+        except CatalogError as exc:
+            raise ConfigError(str(exc)) from None
         providers[name] = ProviderSpec(name=name, **values)
     routes: dict[str, list[str]] = {}
+    strategies: dict[str, str] = {}
     for name, raw in (data.get("routes") or {}).items():
-        candidates = raw.get("candidates") if isinstance(raw, dict) else raw
-        if not isinstance(candidates, list) or not all(isinstance(c, str) for c in candidates):
-            raise ConfigError(f'[routes.{name}] needs candidates = ["provider:model", ...]')
+        candidates, strategy = _route(name, raw)
         for candidate in candidates:
-            provider = candidate.partition(":")[0]
+            provider, sep, model = candidate.partition(":")
+            if not sep or not model:
+                raise ConfigError(f"[routes.{name}] {candidate!r} is not 'provider:model'")
             if provider not in providers:
                 raise ConfigError(f"[routes.{name}] names unknown provider {provider!r}")
-        routes[name] = list(candidates)
+        routes[name] = candidates
+        if strategy is not None:
+            strategies[name] = strategy
     if not providers:
         defaults = default_config()
         providers, routes = defaults.providers, routes or defaults.routes
-    return Config(broker=broker, providers=providers, routes=routes, path=path)
+    return Config(
+        broker=broker, providers=providers, routes=routes, path=path, strategies=strategies
+    )
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:

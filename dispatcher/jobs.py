@@ -45,6 +45,7 @@ class JobState:
     owner: bytes  # fair-queue key: the client's name if it gave one, else its routing id
     candidates: list[Candidate]
     skipped: list[dict[str, str]]
+    notes: dict[str, Any]  # what submit decided that the result reports (dropped, detected)
     deadline: float
     attempt: int = 0  # number of the latest dispatched attempt
     trail: list[dict[str, Any]] = field(default_factory=list)

@@ -230,6 +230,39 @@ class StatusReply(Message):
     status: dict[str, Any]
 
 
+CATALOG_QUERIES = ("capabilities", "find_providers", "models", "count_tokens")
+
+
+def _query(value: Any, name: str) -> str:
+    return v.need_enum(value, name, CATALOG_QUERIES)
+
+
+def _any(value: Any, name: str) -> Any:
+    return value
+
+
+@dataclass(slots=True)
+class CatalogQuery(Message):
+    """Client asks the broker's catalog; `request` pairs the reply with the question."""
+
+    TYPE = "catalog"
+    CHECKS = {"request": _id, "query": _query, "args": _any_map}
+    request: str
+    query: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class CatalogReply(Message):
+    """`result` on success, else `error` (a ProviderError's wire map)."""
+
+    TYPE = "catalog_reply"
+    CHECKS = {"request": _id, "result": _any, "error": _any_map}
+    request: str
+    result: Any = None
+    error: dict[str, Any] | None = None
+
+
 @dataclass(slots=True)
 class Ping(Message):
     """Heartbeat in every direction; any traffic also counts as one."""

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from catalog.schemas import SCHEMAS, Schema, check_params
 from protocol.job import PARAMS, Job
 from workers.spec import ProviderSpec
 
@@ -35,6 +36,11 @@ StreamEvent = TextDelta | Finish
 
 ALL_FEATURES = frozenset(PARAMS) | {"vision"}
 
+
+def schema_features(schema: Schema, *, vision: bool = True) -> frozenset[str]:
+    """The canonical parameters a schema accepts (plus vision): what a backend honours."""
+    return frozenset(schema.params) | ({"vision"} if vision else set())
+
 # Bounds on a live model list (protocol.messages.Ready accepts 4096 ids of <= 256 chars).
 MAX_MODELS = 4096
 MAX_MODEL_ID = 256
@@ -48,13 +54,24 @@ class Backend(ABC):
     """
 
     kind: ClassVar[str]
-    # Canonical parameters and content features this provider honours (see protocol.job).
-    # The class value is what the broker assumes before a worker registers; an instance may
-    # narrow or widen it in start() from what the server reports (e.g. llama.cpp vision).
+    # The provider's parameter table (catalog.schemas): what it accepts, under which name.
+    # Requests are built from it; an instance may widen it (llama.cpp with enable_tools).
+    schema: Schema = SCHEMAS["mock"]
+    # Canonical parameters and content features this provider honours (see protocol.job),
+    # reported at registration; an instance may narrow or widen it in start() from what
+    # the server reports (e.g. llama.cpp vision).
     features: frozenset[str] = ALL_FEATURES
 
     def __init__(self, spec: ProviderSpec) -> None:
         self.spec = spec
+
+    def checked_params(self, job: Job) -> dict[str, Any]:
+        """The job's parameters as this provider takes them (canonical names), checked
+        against its schema: a bad or unsupported one raises ProviderError(unsupported),
+        unless the job allows dropping unsupported ones (the broker reports those)."""
+        return check_params(
+            self.schema, self.spec.name, job.params, drop_unsupported=job.drop_unsupported
+        ).params
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Open pooled clients, start local servers. Called once before any job."""

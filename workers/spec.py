@@ -18,3 +18,6 @@ class ProviderSpec:
     replicas: int = 1  # local worker processes to spawn
     rpm: float | None = None  # requests per minute the broker lets through
     tpm: float | None = None  # tokens per minute the broker lets through
+    # model -> capability/pricing fields overriding the shipped catalog ("*": every model);
+    # see catalog/capabilities.py for the keys
+    catalog: dict[str, dict[str, Any]] = field(default_factory=dict)
