@@ -596,7 +596,13 @@ def test_two_hundred_jobs_share_a_pool_of_capacity_connections(
     broker_factory: Any, openai_fake: FakeServer
 ) -> None:
     openai_fake.default = Reply(tokens=["p", "o", "o", "l"], token_delay=0.002)
-    broker = start(broker_factory, {"openai": provider("openai", openai_fake, capacity=4)})
+    # The broker's own catalog fetch (GET /v1/models, once) would be one more connection
+    # from another process; this test counts the worker's pool alone.
+    broker = start(
+        broker_factory,
+        {"openai": provider("openai", openai_fake, capacity=4)},
+        catalog_discovery=False,
+    )
     jobs = [
         {"model": "openai:gpt-x", "prompt": f"job {i}", "timeout": 90.0, "job_id": f"pool-{i}"}
         for i in range(200)
