@@ -52,12 +52,12 @@ class Entry:
 def check_overrides(provider: str, raw: Any) -> dict[str, dict[str, Any]]:
     """A provider's config `catalog` table, validated (names the bad key and provider)."""
     if not isinstance(raw, Mapping):
-        raise CatalogError(f"[providers.{provider}.catalog] must be a table of model tables")
+        raise CatalogError(f"providers.{provider}.catalog: must be a table of model tables")
     out: dict[str, dict[str, Any]] = {}
     for model, values in raw.items():
-        where = f"[providers.{provider}.catalog.{model!r}]"
+        where = f'providers.{provider}.catalog."{model}"'
         if not isinstance(values, Mapping):
-            raise CatalogError(f"{where} must be a table")
+            raise CatalogError(f"{where}: must be a table")
         out[str(model)] = check_fields(values, where)
     return out
 

@@ -61,6 +61,18 @@ class Resolved:
         return out
 
 
+def _candidate(route: str, name: str, config: Config) -> Candidate:
+    """One route entry; config files are checked at load, but a Config built in code is not."""
+    provider, sep, model = name.partition(":")
+    if not sep or not model or provider not in config.providers:
+        raise ProviderError(
+            ErrorCategory.INVALID_REQUEST,
+            f"route {route!r} has a bad candidate {name!r}: not 'provider:model' naming one of "
+            f"the configured providers {sorted(config.providers)}",
+        )
+    return Candidate(provider, model)
+
+
 def configured(config: Config) -> list[Configured]:
     return [Configured(n, s.kind, s.models) for n, s in config.providers.items()]
 
@@ -75,7 +87,7 @@ def _chain(
                 ErrorCategory.INVALID_REQUEST,
                 f"unknown route {job.route!r}; known: {sorted(config.routes)}",
             )
-        return [Candidate(*name.split(":", 1)) for name in names], None
+        return [_candidate(job.route, name, config) for name in names], None
     assert job.model is not None
     provider, sep, model = job.model.partition(":")
     if sep and provider in config.providers:

@@ -14,7 +14,7 @@ spec.capacity is llama-server's --parallel (one slot per concurrent job).
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
 from dataclasses import replace
 from typing import Any, ClassVar, cast
@@ -24,10 +24,17 @@ import httpx
 from catalog.schemas import SCHEMAS, schema_for
 from protocol.errors import ErrorCategory, ProviderError
 from protocol.job import FEATURE_VISION, Job
+from protocol.schema import Bool, Float, Key
 from workers.backend import StreamEvent, schema_features
 from workers.http import unsupported
 from workers.llamacpp.binary import BinaryNotFound, find_llama_server
-from workers.llamacpp.server import LlamaServer, ServerConfig, ServerFailed, ServerState
+from workers.llamacpp.server import (
+    SERVER_OPTION_KEYS,
+    LlamaServer,
+    ServerConfig,
+    ServerFailed,
+    ServerState,
+)
 from workers.providers.openai import OpenAIBackend
 from workers.spec import ProviderSpec
 
@@ -47,6 +54,11 @@ class LlamaCppBackend(OpenAIBackend):
     # Tools are opt-in (enable_tools): with a template that lacks them they are ignored.
     schema = SCHEMAS["llamacpp"]
     features = schema_features(SCHEMAS["llamacpp"], vision=False)
+    option_keys: ClassVar[Mapping[str, Key]] = {
+        **SERVER_OPTION_KEYS,
+        "ready_wait": Float(min=0),
+        "enable_tools": Bool(),
+    }
 
     def __init__(self, spec: ProviderSpec) -> None:
         # Always 127.0.0.1: an HTTP(S)_PROXY from the environment must not capture it.

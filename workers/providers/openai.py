@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 from catalog.schemas import SCHEMAS
 from protocol.errors import ErrorCategory as C
 from protocol.job import Job
+from protocol.schema import Bool, Key, Str, Table
 from workers.backend import Finish, TextDelta, schema_features
 from workers.classify import ErrorTable
 from workers.decode import Event
@@ -34,6 +35,7 @@ ERRORS = ErrorTable(
         "insufficient_quota": C.QUOTA_EXHAUSTED,  # a 429 that waiting will not fix
         "credit_balance_exhausted": C.QUOTA_EXHAUSTED,
         "billing_hard_limit_reached": C.QUOTA_EXHAUSTED,
+        "billing_not_active": C.QUOTA_EXHAUSTED,  # 429 "Your account is not active, ..."
         "rate_limit_exceeded": C.RATE_LIMITED,
         "context_length_exceeded": C.CONTEXT_LENGTH,
         "model_not_found": C.NOT_FOUND,
@@ -47,6 +49,11 @@ ERRORS = ErrorTable(
         "permission_error": C.PERMISSION,
         "not_found_error": C.NOT_FOUND,
     },
+    phrases=(
+        # The same quota 429s relayed by OpenAI-compatible proxies that drop code and type.
+        ("exceeded your current quota", C.QUOTA_EXHAUSTED),
+        ("account is not active, please check your billing", C.QUOTA_EXHAUSTED),
+    ),
 )
 
 
@@ -140,6 +147,14 @@ class OpenAIBackend(HttpBackend):
     schema = SCHEMAS["openai"]
     features = schema_features(SCHEMAS["openai"])
     include_usage: ClassVar[bool] = True  # ask for the usage chunk (stream_options)
+
+    option_keys: ClassVar[Mapping[str, Key]] = {
+        "organization": Str(),
+        "project": Str(),
+        "include_usage": Bool(),
+        "max_tokens_field": Str(choices=("max_completion_tokens", "max_tokens")),
+        "extra_body": Table(),
+    }
 
     def extra_headers(self) -> dict[str, str]:
         opts = self.spec.options
