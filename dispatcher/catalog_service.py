@@ -18,6 +18,7 @@ from catalog.discovery import DEFAULT_TTL, DiscoveryCache
 from catalog.registry import Catalog, ProviderInfo
 from catalog.tokens import local_count
 from dispatcher.config import Config
+from dispatcher.routing import Candidate
 from protocol import messages as m
 from protocol.errors import ErrorCategory, ProviderError
 from protocol.job import validate_messages
@@ -77,13 +78,13 @@ class CatalogService:
                 return
             refresh = True
 
-    def cost(self, candidate: Any, usage: Any) -> dict[str, Any]:
+    def cost(self, candidate: Candidate, usage: Any) -> dict[str, Any]:
         """`cost` (USD or None) and `cost_source` (reported | priced | unknown) of a job."""
         caps = self.catalog.capabilities(candidate.provider, candidate.model).caps
         cost = job_cost(caps, usage if isinstance(usage, Mapping) else {})
         return {"cost": cost.usd, "cost_source": cost.source}
 
-    def ask(self, identity: bytes, msg: m.CatalogQuery, send: Callable[[m.Message], Any]) -> None:
+    def ask(self, msg: m.CatalogQuery, send: Callable[[m.Message], Any]) -> None:
         """Answer now, or, for a refresh, once the background fetch has finished (flush)."""
         if msg.query == "models" and msg.args.get("refresh") and self.catalog.cache is not None:
             self.start(refresh=True, force=True)

@@ -138,10 +138,13 @@ def resolve(
     config: Config,
     catalog: Catalog,
     serves: Callable[[str, str], bool] | None = None,
+    features_of: Callable[[str], frozenset[str]] | None = None,
 ) -> Resolved:
     """The candidates able to honour every parameter, content type and the prompt's length.
 
-    `serves(provider, model)` says whether a live worker of `provider` reports `model`.
+    `serves(provider, model)` says whether a live worker of `provider` reports `model`;
+    `features_of(provider)` what its connected workers say they honour (a worker may know
+    less than its kind's schema, e.g. a build without some option).
     """
     chain, detected = _chain(job, config, serves)
     strategy = config.strategies.get(job.route, DEFAULT_STRATEGY) if job.route else DEFAULT_STRATEGY
@@ -159,11 +162,17 @@ def resolve(
         except ProviderError as exc:
             out.skipped.append({"candidate": str(cand), "reason": exc.message})
             continue
+        reported = features_of(cand.provider) if features_of is not None else None
+        missing = sorted(set(checked.params) - reported) if reported else []
+        if missing:
+            why = f"{cand.provider}'s workers report they cannot honour {', '.join(missing)}"
+            out.skipped.append({"candidate": str(cand), "reason": why})
+            continue
         count = local_count(spec.kind, cand.model, job.messages)
         out.prompt_tokens = out.prompt_tokens or count
-        reason = _unfit(job, catalog.capabilities(cand.provider, cand.model), count)
-        if reason is not None:
-            out.skipped.append({"candidate": str(cand), "reason": reason})
+        unfit = _unfit(job, catalog.capabilities(cand.provider, cand.model), count)
+        if unfit is not None:
+            out.skipped.append({"candidate": str(cand), "reason": unfit})
             continue
         if checked.dropped:
             out.dropped.append({"candidate": str(cand), "params": checked.dropped})
@@ -199,7 +208,9 @@ def order(
     if strategy == FIRST_AVAILABLE:
         return [c for c, _ in served]
     if strategy == FIRST_HEALTHY:
-        return [c for c, v in served if v.state != "unhealthy" and v.circuit_allows]
+        # "unhealthy" is an open circuit; once its cool-down is over it admits one probe
+        # (circuit_allows), which is how it becomes healthy again.
+        return [c for c, v in served if v.circuit_allows]
     if strategy == BEST_EFFORT:
         ranked = sorted(
             served,
