@@ -167,6 +167,11 @@ SCHEMAS: dict[str, Schema] = {
 LLAMA_TOOLS = {"tools": Param("tools", "list"), "tool_choice": Param("tool_choice", "object")}
 
 
+def schema_features(schema: Schema, *, vision: bool = True) -> frozenset[str]:
+    """The canonical parameters a schema accepts (plus "vision"): what a backend honours."""
+    return frozenset(schema.params) | ({"vision"} if vision else set())
+
+
 def schema_for(kind: str, *, tools_enabled: bool = False) -> Schema:
     try:
         schema = SCHEMAS[kind]

@@ -47,14 +47,9 @@ CONNECT_TIMEOUT = 5.0
 # on the client side (the broker's deadline normally fires first; this covers a lost broker).
 DEADLINE_GRACE = 10.0
 T = TypeVar("T")
-JOB_OPTIONS = (
-    "stream",
-    "timeout",
-    "on_partial",
-    "priority",
-    "max_attempts",
-    "metadata",
-    "drop_unsupported",
+# Job fields a caller passes as keywords next to the canonical parameters.
+JOB_OPTIONS = tuple(
+    f for f in Job.FIELDS if f not in ("id", "messages", "model", "route", "params")
 )
 
 

@@ -134,8 +134,7 @@ def test_openai_more_than_four_stop_sequences_is_unsupported() -> None:
 
 
 def test_openai_subclass_hooks() -> None:
-    from catalog.schemas import SCHEMAS, Schema
-    from workers.backend import schema_features
+    from catalog.schemas import SCHEMAS, Schema, schema_features
     from workers.providers.openai import OpenAIBackend
 
     compat_schema = Schema("compat", SCHEMAS["llamacpp"].params)  # OpenAI names + extras

@@ -37,11 +37,6 @@ StreamEvent = TextDelta | Finish
 
 ALL_FEATURES = frozenset(PARAMS) | {"vision"}
 
-
-def schema_features(schema: Schema, *, vision: bool = True) -> frozenset[str]:
-    """The canonical parameters a schema accepts (plus vision): what a backend honours."""
-    return frozenset(schema.params) | ({"vision"} if vision else set())
-
 # Bounds on a live model list (protocol.messages.Ready accepts 4096 ids of <= 256 chars).
 MAX_MODELS = 4096
 MAX_MODEL_ID = 256

@@ -21,11 +21,11 @@ from typing import Any, ClassVar, cast
 
 import httpx
 
-from catalog.schemas import SCHEMAS, schema_for
+from catalog.schemas import SCHEMAS, schema_features, schema_for
 from protocol.errors import ErrorCategory, ProviderError
 from protocol.job import FEATURE_VISION, Job
 from protocol.schema import Bool, Float, Key
-from workers.backend import StreamEvent, schema_features
+from workers.backend import StreamEvent
 from workers.http import unsupported
 from workers.llamacpp.binary import BinaryNotFound, find_llama_server
 from workers.llamacpp.server import (
@@ -208,8 +208,7 @@ class LlamaCppBackend(OpenAIBackend):
             return
         max_tokens = int(job.params.get("max_tokens") or 0)
         upper = sum(
-            len(str(part).encode()) + TEMPLATE_BYTES_PER_MESSAGE
-            for part in _texts(job.messages)
+            len(str(part).encode()) + TEMPLATE_BYTES_PER_MESSAGE for part in _texts(job.messages)
         )
         if upper + TEMPLATE_BYTES + max_tokens <= window:
             return

@@ -11,11 +11,11 @@ import os
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from catalog.schemas import SCHEMAS, put
+from catalog.schemas import SCHEMAS, put, schema_features
 from protocol.errors import ErrorCategory as C
 from protocol.job import Job
 from protocol.schema import Either, Float, Int, Key, Str
-from workers.backend import Finish, TextDelta, schema_features
+from workers.backend import Finish, TextDelta
 from workers.classify import ErrorTable
 from workers.decode import Event, Framing
 from workers.http import (

@@ -13,11 +13,11 @@ import json
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from catalog.schemas import SCHEMAS
+from catalog.schemas import SCHEMAS, schema_features
 from protocol.errors import ErrorCategory as C
 from protocol.job import Job
 from protocol.schema import Bool, Key, Str, Table
-from workers.backend import Finish, TextDelta, schema_features
+from workers.backend import Finish, TextDelta
 from workers.classify import ErrorTable
 from workers.decode import Event
 from workers.http import (

@@ -14,11 +14,10 @@ import json
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from catalog.schemas import SCHEMAS
+from catalog.schemas import SCHEMAS, schema_features
 from protocol.errors import ErrorCategory as C
 from protocol.job import Job
 from protocol.schema import Key, Str, Table
-from workers.backend import schema_features
 from workers.classify import ErrorTable
 from workers.http import ErrorInfo
 from workers.providers.openai import OpenAIBackend
