@@ -230,7 +230,10 @@ class BrokerCore:
             deadline=now + timeout,
             attempt=msg.first_attempt - 1,
             client_has_tokens=msg.delivered > 0,
-            est_tokens=estimate_tokens(job.prompt_chars(), job.params.get("max_tokens")),
+            est_tokens=estimate_tokens(
+                resolved.prompt_tokens.tokens if resolved.prompt_tokens else 0,
+                job.params.get("max_tokens"),
+            ),
             submitted=now,
         )
         self.scheduler.admit(js)

@@ -222,13 +222,3 @@ class Job:
             if isinstance(content, list) and any(p.get("type") == "image_url" for p in content):
                 features.add(FEATURE_VISION)
         return features
-
-    def prompt_chars(self) -> int:
-        total = 0
-        for msg in self.messages:
-            content = msg.get("content")
-            if isinstance(content, str):
-                total += len(content)
-            elif isinstance(content, list):
-                total += sum(len(p.get("text", "")) for p in content)
-        return total
