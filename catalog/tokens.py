@@ -1,11 +1,11 @@
 """Token counts for a prompt: exact where the provider's tokenizer is at hand, else an
 estimate that says it is one.
 
-Exact sources: llama-server's /tokenize after its chat template (the llama.cpp worker,
-`LlamaCppBackend.count_tokens`), Anthropic's POST /v1/messages/count_tokens when a key is
-set (`catalog.discovery.anthropic_count_tokens`), and tiktoken for OpenAI models when the
-package and its encoding files are installed (it is optional; without the files it would
-download them, which we never do at run time).
+Exact sources: llama-server's /tokenize after its chat template and Anthropic's POST
+/v1/messages/count_tokens (when a key is set), both asked of the provider's worker
+(`Backend.count_prompt`, through the broker's count_tokens query), and tiktoken for OpenAI
+models here, when the package and its encoding files are installed (it is optional; without
+the files it would download them, which is never done at run time).
 """
 
 from __future__ import annotations

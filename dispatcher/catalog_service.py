@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from catalog.capabilities import CatalogError, shipped
@@ -21,9 +22,23 @@ from dispatcher.config import Config
 from dispatcher.routing import Candidate
 from protocol import messages as m
 from protocol.errors import ErrorCategory, ProviderError
-from protocol.job import validate_messages
+from protocol.job import new_job_id, validate_messages
 
 QUERIES = m.CATALOG_QUERIES
+# Kinds whose workers count exactly (llama-server /tokenize, Anthropic count_tokens);
+# OpenAI models are counted in the broker with tiktoken when it is installed.
+WORKER_COUNTED = ("llamacpp", "anthropic")
+COUNT_WAIT = 10.0  # seconds a count_tokens query waits for the workers' exact counts
+CountOn = Callable[[str, str, list[dict[str, Any]], str], bool]
+
+
+@dataclass(slots=True)
+class _Counting:
+    msg: m.CatalogQuery
+    send: Callable[[m.Message], Any]
+    result: dict[str, Any]  # the reply being completed
+    waiting: dict[str, int]  # request sent to a worker -> index in result["counts"]
+    deadline: float
 
 
 def build_catalog(config: Config, cache: DiscoveryCache | None = None) -> Catalog:
@@ -50,6 +65,7 @@ class CatalogService:
         self.running = False  # a discovery thread is at work (guarded by `lock`)
         self.again = False  # run it once more when it ends (a refresh asked meanwhile)
         self.pending: list[tuple[m.CatalogQuery, Callable[[m.Message], Any]]] = []
+        self.counting: dict[str, _Counting] = {}  # count_tokens queries waiting for workers
 
     def start(self, *, refresh: bool = False, force: bool = False) -> None:
         """Discover in the background. A run already going is left to finish; a forced
@@ -84,13 +100,65 @@ class CatalogService:
         cost = job_cost(caps, usage if isinstance(usage, Mapping) else {})
         return {"cost": cost.usd, "cost_source": cost.source}
 
-    def ask(self, msg: m.CatalogQuery, send: Callable[[m.Message], Any]) -> None:
-        """Answer now, or, for a refresh, once the background fetch has finished (flush)."""
+    def ask(
+        self,
+        msg: m.CatalogQuery,
+        send: Callable[[m.Message], Any],
+        now: float,
+        count_on: CountOn | None = None,
+    ) -> None:
+        """Answer now; a refresh once the background fetch has finished (flush); a token
+        count once the workers that can count exactly have answered (counted) or
+        COUNT_WAIT has passed (flush).
+
+        `count_on(provider, model, messages, request)` sends an exact-count request to a
+        worker of `provider` and says whether one was there to ask."""
         if msg.query == "models" and msg.args.get("refresh") and self.catalog.cache is not None:
             self.start(refresh=True, force=True)
             self.pending.append((msg, send))
             return
+        if msg.query == "count_tokens" and count_on is not None:
+            try:
+                result = self.answer(msg.query, msg.args)
+            except ProviderError as exc:
+                send(m.CatalogReply(request=msg.request, error=exc.to_wire()))
+                return
+            waiting = {}
+            for index, entry in enumerate(result["counts"]):
+                provider, _, model = entry["candidate"].partition(":")
+                kind = self.config.providers[provider].kind
+                request = new_job_id()
+                if kind in WORKER_COUNTED and count_on(
+                    provider, model, msg.args["messages"], request
+                ):
+                    waiting[request] = index
+            if waiting:
+                self.counting[msg.request] = _Counting(msg, send, result, waiting, now + COUNT_WAIT)
+                return
+            send(m.CatalogReply(request=msg.request, result=result))
+            return
         send(self.reply(msg))
+
+    def counted(self, reply: m.TokenCount) -> None:
+        """A worker's exact count for a pending count_tokens query."""
+        for key, pending in list(self.counting.items()):
+            index = pending.waiting.pop(reply.request, None)
+            if index is None:
+                continue
+            entry = pending.result["counts"][index]
+            if reply.tokens is not None:
+                entry.update(tokens=reply.tokens, exact=True, method=reply.method or "exact")
+                provider, _, model = entry["candidate"].partition(":")
+                caps = self.catalog.capabilities(provider, model).caps
+                max_tokens = pending.msg.args.get("max_tokens")
+                limit = max_tokens if isinstance(max_tokens, int) else None
+                entry["estimated_cost"] = estimate_cost(caps, reply.tokens, limit).usd
+            else:
+                entry["note"] = f"no exact count: {reply.error}"
+            if not pending.waiting:
+                del self.counting[key]
+                pending.send(m.CatalogReply(request=pending.msg.request, result=pending.result))
+            return
 
     def reply(self, msg: m.CatalogQuery) -> m.CatalogReply:
         try:
@@ -99,8 +167,16 @@ class CatalogService:
             return m.CatalogReply(request=msg.request, error=exc.to_wire())
         return m.CatalogReply(request=msg.request, result=result)
 
-    def flush(self) -> None:
-        """Send the refresh answers whose fetch has finished (called from the broker's tick)."""
+    def flush(self, now: float) -> None:
+        """Send the refresh answers whose fetch has finished, and the token counts whose
+        workers did not answer in time (their entries stay estimates, with a note)."""
+        for key, overdue in list(self.counting.items()):
+            if now >= overdue.deadline:
+                del self.counting[key]
+                for index in overdue.waiting.values():
+                    note = f"no exact count: the worker did not answer in {COUNT_WAIT:g}s"
+                    overdue.result["counts"][index]["note"] = note
+                overdue.send(m.CatalogReply(request=overdue.msg.request, result=overdue.result))
         with self.lock:
             busy = self.running
         if self.pending and not busy:

@@ -129,7 +129,8 @@ class BrokerCore:
         elif isinstance(msg, m.StatusQuery):
             self.outbox.to_client(identity, m.StatusReply(status=status.build(self, now)))
         elif isinstance(msg, m.CatalogQuery):
-            self.catalog.ask(msg, lambda reply: self.outbox.to_client(identity, reply))
+            reply_to = lambda reply: self.outbox.to_client(identity, reply)  # noqa: E731
+            self.catalog.ask(msg, reply_to, now, self._count_on)
         else:
             error = m.Error(message=f"unexpected message type {msg.TYPE!r}")
             self.outbox.to_client(identity, error)
@@ -159,6 +160,8 @@ class BrokerCore:
             self.outcomes.done(worker, msg, now)
         elif isinstance(msg, m.Failed):
             self.outcomes.failed(worker, msg, now)
+        elif isinstance(msg, m.TokenCount):
+            self.catalog.counted(msg)
         elif isinstance(msg, m.Disconnect):
             worker.draining = True
             self.log.info("worker_draining", worker=worker.label, provider=worker.provider)
@@ -175,7 +178,7 @@ class BrokerCore:
             else:
                 self.outbox.to_worker(worker.identity, m.Ping())
         self.scheduler.expire(now)
-        self.catalog.flush()  # answers to `models --refresh` whose fetch has finished
+        self.catalog.flush(now)  # `models --refresh` answers, overdue token counts
 
     def processes_exited(self, pids: Iterable[int], now: float) -> None:
         """The supervisor saw these worker processes exit."""
@@ -295,6 +298,17 @@ class BrokerCore:
             capacity=msg.capacity,
             pid=msg.pid,
         )
+
+    def _count_on(
+        self, provider: str, model: str, messages: list[dict[str, object]], request: str
+    ) -> bool:
+        """Ask a worker of `provider` for an exact prompt count (False: none connected)."""
+        worker = self.workers.most_free(provider)
+        if worker is None:
+            return False
+        ask = m.CountTokens(request=request, model=model, messages=messages)
+        self.outbox.to_worker(worker.identity, ask)
+        return True
 
     def _relay(
         self, worker: WorkerState, msg: m.Tokens, payload: Sequence[object], now: float

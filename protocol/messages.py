@@ -15,7 +15,7 @@ import msgpack
 
 from protocol import validate as v
 from protocol.errors import ProtocolViolation
-from protocol.job import Job
+from protocol.job import Job, validate_messages
 
 VERSION = 1
 MAX_MESSAGE_BYTES = 64 << 20  # socket MAXMSGSIZE: a peer sending more is disconnected
@@ -286,6 +286,38 @@ class Error(Message):
 
 
 # --- worker <-> broker ------------------------------------------------------------------
+
+
+def _messages(value: Any, name: str) -> list[dict[str, Any]]:
+    return validate_messages(value)
+
+
+def _count(value: Any, name: str) -> int:
+    return v.need_int(value, name, 0, 1 << 40)
+
+
+@dataclass(slots=True)
+class CountTokens(Message):
+    """Broker -> worker: count this prompt exactly with the provider's own tokenizer."""
+
+    TYPE = "count_tokens"
+    CHECKS = {"request": _id, "model": _text, "messages": _messages}
+    request: str
+    model: str
+    messages: list[dict[str, Any]]
+
+
+@dataclass(slots=True)
+class TokenCount(Message):
+    """Worker -> broker: the exact count (`tokens`, by `method`), or why there is none."""
+
+    TYPE = "token_count"
+    CHECKS = {"request": _id, "tokens": _count, "method": _text, "error": _text}
+    request: str
+    tokens: int | None = None
+    method: str | None = None
+    error: str | None = None
+
 
 
 @dataclass(slots=True)

@@ -107,3 +107,49 @@ def test_cost_and_catalog_queries_in_the_core() -> None:
     assert bad is not None and "unknown capability 'telepathy'" in bad["message"]
     missing = ask("capabilities", provider="nope", model="x").error
     assert missing is not None and "unknown provider 'nope'" in missing["message"]
+
+
+def test_count_tokens_asks_the_worker_that_counts_exactly_and_never_waits_forever() -> None:
+    providers = {
+        "claude": {"kind": "anthropic", "models": ["claude-3-5-haiku-latest"]},
+        "oai": {"kind": "openai", "models": ["gpt-4o"]},
+    }
+    route = {"both": ["claude:claude-3-5-haiku-latest", "oai:gpt-4o"]}
+    h = CoreHarness(providers, route)
+    w = h.worker("claude")
+    prompt = [{"role": "user", "content": "count these five words"}]
+
+    def ask(request: str) -> None:
+        query = m.CatalogQuery(
+            request=request,
+            query="count_tokens",
+            args={"target": "both", "messages": prompt, "max_tokens": 10},
+        )
+        h.core.client_message(b"cat", query, h.now)
+        h.pump()
+
+    ask("q1")
+    (sent,) = [x for x in w.inbox if isinstance(x, m.CountTokens)]
+    assert sent.model == "claude-3-5-haiku-latest" and sent.messages == prompt
+    assert not h.clients[b"cat"]  # waits for the worker's exact count
+    answer = m.TokenCount(request=sent.request, tokens=9, method="count_tokens")
+    h.core.worker_message(w.identity, answer, (), h.now)
+    h.pump()
+    (reply,) = h.clients[b"cat"]
+    assert isinstance(reply, m.CatalogReply) and reply.request == "q1"
+    claude, oai = reply.result["counts"]
+    assert (claude["tokens"], claude["exact"], claude["method"]) == (9, True, "count_tokens")
+    assert claude["estimated_cost"] == pytest.approx((9 * 0.80 + 10 * 4.00) / 1e6)
+    assert oai["candidate"] == "oai:gpt-4o" and oai["method"] in ("tiktoken", "estimate")
+    assert oai["exact"] == (oai["method"] == "tiktoken")  # an estimate says so
+
+    # a worker that never answers: the reply comes after COUNT_WAIT, with estimates and why
+    h.clients[b"cat"].clear()
+    ask("q2")
+    h.advance(9.0)
+    assert not h.clients[b"cat"]
+    h.advance(1.5)
+    (late,) = h.clients[b"cat"]
+    assert isinstance(late, m.CatalogReply)
+    first = late.result["counts"][0]
+    assert first["exact"] is False and "did not answer in 10s" in first["note"]

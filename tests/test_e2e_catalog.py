@@ -303,3 +303,33 @@ def test_client_catalog_api_and_the_models_command(
     assert not fresh["live"]["router"]["stale"]
     vision_only = json.loads(cli("--json", "--capability", "vision").stdout)
     assert {e["model"] for e in vision_only["models"]} == {"llava:7b", "gpt-4o"}
+
+
+def test_count_tokens_is_exact_where_the_provider_counts_and_flagged_where_not(
+    broker_factory: Any, anthropic_fake: FakeServer, openai_fake: FakeServer
+) -> None:
+    broker = start(
+        broker_factory,
+        {"claude": provider("anthropic", anthropic_fake), "oai": provider("openai", openai_fake)},
+        {"both": ["claude:claude-3-5-haiku-latest", "oai:gpt-4o"]},
+    )
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "one two three four five"},
+    ]
+    with broker.client() as client:
+        counts = client.count_tokens(route="both", messages=messages, max_tokens=20)["counts"]
+    claude, oai = counts
+    # the fake's tokenizer: a token per word of the system prompt and the text blocks
+    assert (claude["tokens"], claude["exact"], claude["method"]) == (7, True, "count_tokens")
+    assert claude["estimated_cost"] == pytest.approx((7 * 0.80 + 20 * 4.00) / 1e6)
+    (asked,) = [r for r in anthropic_fake.model_requests if r.route.endswith("/count_tokens")]
+    body = asked.json()
+    assert body["system"] == "be brief" and body["model"] == "claude-3-5-haiku-latest"
+    assert body["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "one two three four five"}]}
+    ]
+    assert asked.headers["x-api-key"] == FAKE_KEY
+    assert oai["method"] in ("tiktoken", "estimate") and oai["exact"] == (
+        oai["method"] == "tiktoken"
+    )

@@ -29,9 +29,11 @@ def test_too_long_for_the_small_window_goes_to_the_larger(
             for name in ("small", "large")
         }
         assert windows == {"small": 256, "large": 4096}  # from each server's /props
+        prompt = "the quick brown fox jumps over the lazy dog " * 40  # 1,800 bytes
+        (count,) = client.count_tokens(model="small:tiny", prompt=prompt)["counts"]
+        assert count["exact"] and count["method"] == "tokenize"  # asked of its llama-server
         short = client.complete(route="chain", prompt="Hello", max_tokens=8, timeout=120)
         assert [(a["provider"], a["outcome"]) for a in short.attempts] == [("small", "ok")]
-        prompt = "the quick brown fox jumps over the lazy dog " * 40  # 1,800 bytes
         result = client.complete(route="chain", prompt=prompt, max_tokens=16, timeout=120)
     assert result.provider == "large" and result.usage["completion_tokens"] > 0
     assert [(a["provider"], a["outcome"]) for a in result.attempts] == [
@@ -41,5 +43,6 @@ def test_too_long_for_the_small_window_goes_to_the_larger(
     refused = result.attempts[0]["message"]
     assert "(exact, llama-server /tokenize)" in refused and "window of 256" in refused
     counted = int(refused.split("prompt of ")[1].split(" tokens")[0])
-    # the large server counted the same prompt the same way: its reported prompt tokens
-    assert counted == result.usage["prompt_tokens"]
+    # one count, however it is asked for: the pre-check's, count_tokens', and the prompt
+    # tokens the large server reports for the same prompt and model
+    assert counted == count["tokens"] == result.usage["prompt_tokens"]

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from catalog.schemas import SCHEMAS, Schema, check_params
+from protocol.errors import ErrorCategory, ProviderError
 from protocol.job import PARAMS, Job
 from protocol.schema import Bool, Float, Key
 from workers.spec import ProviderSpec
@@ -99,6 +100,16 @@ class Backend(ABC):
     def stats(self) -> dict[str, Any]:
         """Extra periodic figures for the heartbeat (e.g. a child server's RSS)."""
         return {}
+
+    # How `count_prompt` counts (catalog token_counting), or None when it cannot.
+    exact_counting: ClassVar[str | None] = None
+
+    async def count_prompt(self, messages: list[dict[str, Any]], model: str) -> int:
+        """The prompt's exact token count by the provider's own tokenizer. Raises
+        ProviderError when it cannot (no tokenizer, no key, the provider failed)."""
+        raise ProviderError(
+            ErrorCategory.UNSUPPORTED, f"{self.kind} has no exact token count", provider=None
+        )
 
     async def list_models(self) -> list[str] | None:
         """The model ids the provider says it serves now, or None if unknown.

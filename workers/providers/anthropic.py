@@ -6,12 +6,16 @@ API requires one), anthropic_version, anthropic_beta.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import httpx
+
 from catalog.schemas import SCHEMAS, schema_features
 from protocol.errors import ErrorCategory as C
+from protocol.errors import ProviderError
 from protocol.job import Job
 from protocol.schema import Int, Key, Str
 from workers.backend import Finish, TextDelta
@@ -24,6 +28,7 @@ from workers.http import (
     StreamError,
     StreamMapper,
     load_json,
+    network_error,
     usage,
 )
 from workers.ratelimit import ANTHROPIC
@@ -230,6 +235,33 @@ class AnthropicBackend(HttpBackend):
     ratelimit_headers = (ANTHROPIC,)
     schema = SCHEMA
     features = schema_features(SCHEMA)
+
+    exact_counting = "count_tokens"
+
+    async def count_prompt(self, messages: list[dict[str, Any]], model: str) -> int:
+        """POST /v1/messages/count_tokens: Anthropic's own count (needs a key)."""
+        if self._client is None:
+            raise RuntimeError("AnthropicBackend.start() was not called")
+        if not self._key:
+            raise ProviderError(C.AUTH, "count_tokens needs an API key", provider=self.spec.name)
+        system, turns = convert_messages(messages)
+        body: dict[str, Any] = {"model": model, "messages": turns}
+        if system is not None:
+            body["system"] = system
+        try:
+            response = await self._client.post("/v1/messages/count_tokens", json=body)
+        except httpx.TransportError as exc:
+            raise network_error(self.spec.name, exc, self.timeouts) from None
+        if not response.is_success:
+            deadline = asyncio.get_running_loop().time() + self.total_timeout
+            raise await self._status_error(response, deadline)
+        answer = load_json(response.content)
+        tokens = answer.get("input_tokens") if isinstance(answer, dict) else None
+        if not isinstance(tokens, int) or tokens < 0:
+            raise ProviderError(
+                C.PROTOCOL, "count_tokens answered no input_tokens", provider=self.spec.name
+            )
+        return tokens
 
     def auth_headers(self, key: str) -> dict[str, str]:
         return {"x-api-key": key}

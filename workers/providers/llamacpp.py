@@ -169,9 +169,14 @@ class LlamaCppBackend(OpenAIBackend):
         data = await self._post_json("/detokenize", {"tokens": tokens})
         return str(data.get("content", ""))
 
+    exact_counting = "tokenize"
+
     async def count_tokens(self, job: Job) -> int:
         """Prompt tokens exactly as llama-server will see them (chat template applied)."""
-        data = await self._post_json("/apply-template", {"messages": job.messages})
+        return await self.count_prompt(job.messages, "")
+
+    async def count_prompt(self, messages: list[dict[str, Any]], model: str) -> int:
+        data = await self._post_json("/apply-template", {"messages": messages})
         return len(await self.tokenize(str(data.get("prompt", "")), special=True))
 
     async def _post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
