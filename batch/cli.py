@@ -17,12 +17,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from batch.dryrun import UNKNOWN, dry_run
+from batch.dryrun import DryRunReport, dry_run
 from batch.formats import FORMATS
 from batch.runner import BatchOptions, BatchReport, BatchUsageError, run_batch
 from batch.source import SourceError
 from batch.stats import Stats
 from protocol.client import AsyncClient
+from protocol.errors import ProviderError
 
 # rich is imported only when a batch runs: every `llmrelay` command builds this parser.
 
@@ -90,18 +91,39 @@ def _options(args: argparse.Namespace) -> BatchOptions:
     )
 
 
+async def _dry_run(args: argparse.Namespace, options: BatchOptions) -> DryRunReport:
+    async with AsyncClient(args.endpoint) as client:
+        try:
+            await client.status(timeout=3.0)
+        except ProviderError:
+            print(
+                f"no broker at {args.endpoint}: candidates, tokens and cost unknown",
+                file=sys.stderr,
+            )
+            return await dry_run(args.input, options, None)
+        return await dry_run(args.input, options, client)
+
+
 def _print_dry_run(args: argparse.Namespace, options: BatchOptions) -> int:
-    report = dry_run(args.input, options)
+    report = asyncio.run(_dry_run(args, options))
     for bad in report.bad:
         print(f"line {bad.line}: {bad.error}", file=sys.stderr)
     print(
         f"format {report.format}: {report.valid} valid, {len(report.bad)} malformed; nothing sent"
     )
     for target in report.to_json()["targets"]:
+        cost = target["estimated_cost"]
+        tokens = target["input_tokens"]
+        exact = "" if target["tokens_exact"] or tokens == "unknown" else " (estimate)"
+        candidates = target["candidates"]
         print(
-            f"  {target['target']}: {target['jobs']} jobs, {target['prompt_chars']} prompt chars; "
-            f"candidates, tokens and cost {UNKNOWN}"
+            f"  {target['target']}: {target['jobs']} jobs; candidates "
+            f"{', '.join(candidates) if isinstance(candidates, list) else candidates}; "
+            f"prompt tokens {tokens}{exact}; estimated cost "
+            + ("unknown" if cost is None else f"${cost:.4f}")
         )
+        for note, times in target["notes"].items():
+            print(f"    note ({times} lines): {note}")
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(report.to_json(), indent=2) + "\n")
     return report.exit_code

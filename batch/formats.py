@@ -126,6 +126,7 @@ def _meta(
             ttft=result.ttft,
             usage=result.usage,
             cost=cost,
+            cost_source=result.cost_source if result.cost is not None else "unknown",
             skipped=result.skipped,
             resets=result.resets,
         )

@@ -63,7 +63,7 @@ class BatchOptions:
     timeout: float | None = None  # per-job deadline in seconds; None: the broker's default
     busy_retry: float = 0.5  # seconds to wait when the broker's queue is full
     sync_interval: float = 1.0  # seconds between fsyncs of OUT/ERR
-    cost: CostFn | None = None  # prices a job from (provider, model, usage)
+    cost: CostFn | None = None  # prices a job the broker could not price
 
     def check(self) -> None:
         if self.concurrency < 1:
@@ -120,12 +120,13 @@ def _field_of(exc: ProtocolViolation) -> InputError:
 
 
 def result_cost(options: BatchOptions, result: Result) -> float | None:
-    usage = result.usage or {}
-    if isinstance(usage.get("cost"), int | float):  # the provider priced it (OpenRouter)
-        return float(usage["cost"])
+    """The job's cost in USD: as the broker reported it (the provider's or the catalog's
+    price), else from `options.cost`, else None (unknown, never invented)."""
+    if result.cost is not None:
+        return result.cost
     if options.cost is None:
         return None
-    return options.cost(result.provider, result.model, usage)
+    return options.cost(result.provider, result.model, result.usage or {})
 
 
 class Targets:

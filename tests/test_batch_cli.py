@@ -21,6 +21,7 @@ from tests.batch_support import (
     mock_broker,
     openai_file,
     openai_line,
+    read_lines,
     write_jsonl,
 )
 from tests.harness import ROOT, BrokerProcess, kill_tree
@@ -157,7 +158,10 @@ def test_exit_codes_and_summary_json(broker: BrokerProcess, tmp_path: Path) -> N
         20,
     )
     assert row["latency_p50"] is not None and row["ttft_p95"] is not None
-    assert summary["cost"] is None  # no catalog prices yet: "unknown", never invented
+    lines = read_lines(tmp_path / "o1.jsonl")
+    costs = [line["llmrelay"]["cost"] for line in lines]
+    assert all(line["llmrelay"]["cost_source"] != "unknown" for line in lines)
+    assert summary["cost"] == pytest.approx(sum(costs)) == row["cost"]  # the broker's prices
 
     mixed = write_jsonl(
         tmp_path / "mixed.jsonl", [openai_line("a", "x"), openai_line("b", "y", "broken:echo")]
@@ -184,7 +188,8 @@ def test_dry_run_validates_and_sends_nothing(broker: BrokerProcess, tmp_path: Pa
     assert "2 valid, 2 malformed; nothing sent" in result.stdout
     assert "line 2: line: not valid JSON" in result.stderr
     assert "line 4: custom_id: duplicate" in result.stderr
-    assert "mock:echo: 1 jobs" in result.stdout and "route:default: 1 jobs" in result.stdout
+    assert "mock:echo: 1 jobs; candidates mock:echo; prompt tokens" in result.stdout
+    assert "route:default: 1 jobs; candidates mock:echo;" in result.stdout
     assert not (tmp_path / "out.jsonl").exists()
     assert not calls_per_id(tmp_path / "calls.log")
 
