@@ -18,7 +18,6 @@ import pytest
 from tests.batch_support import (
     calls_per_id,
     ids_in,
-    mock_broker,
     openai_file,
     openai_line,
     read_lines,
@@ -85,14 +84,10 @@ def wait_lines(path: Path, count: int, proc: subprocess.Popen[bytes], timeout: f
     raise TimeoutError(f"{path} did not reach {count} lines")
 
 
-@pytest.fixture
-def broker(broker_factory: Any, tmp_path: Path) -> BrokerProcess:
-    return mock_broker(broker_factory, tmp_path)
-
-
 def test_sigkill_halfway_then_resume_redoes_nothing_that_finished(
-    broker: BrokerProcess, tmp_path: Path
+    batch_broker: BrokerProcess, tmp_path: Path
 ) -> None:
+    broker = batch_broker
     source = slow_jobs(tmp_path / "in.jsonl", 2000, 0.01)
     out = tmp_path / "out.jsonl"
     proc = start(
@@ -117,7 +112,10 @@ def test_sigkill_halfway_then_resume_redoes_nothing_that_finished(
     assert {cid: calls[cid] for cid in finished} == dict.fromkeys(finished, 1)
 
 
-def test_ctrl_c_stops_cleanly_and_resume_finishes(broker: BrokerProcess, tmp_path: Path) -> None:
+def test_ctrl_c_stops_cleanly_and_resume_finishes(
+    batch_broker: BrokerProcess, tmp_path: Path
+) -> None:
+    broker = batch_broker
     source = slow_jobs(tmp_path / "in.jsonl", 1000, 0.02)
     out = tmp_path / "out.jsonl"
     proc = start(
@@ -142,7 +140,8 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(broker: BrokerProcess, tmp_pat
     assert set(counts) == {f"s{i}" for i in range(1000)} and set(counts.values()) == {1}
 
 
-def test_exit_codes_and_summary_json(broker: BrokerProcess, tmp_path: Path) -> None:
+def test_exit_codes_and_summary_json(batch_broker: BrokerProcess, tmp_path: Path) -> None:
+    broker = batch_broker
     good = openai_file(tmp_path / "good.jsonl", 20)
     ok = run_cli(
         batch_cmd(broker, good, "-o", tmp_path / "o1.jsonl", "--summary-json", tmp_path / "s.json")
@@ -178,7 +177,8 @@ def test_exit_codes_and_summary_json(broker: BrokerProcess, tmp_path: Path) -> N
     assert bad_flag.returncode == 2 and "--concurrency" in bad_flag.stderr
 
 
-def test_dry_run_validates_and_sends_nothing(broker: BrokerProcess, tmp_path: Path) -> None:
+def test_dry_run_validates_and_sends_nothing(batch_broker: BrokerProcess, tmp_path: Path) -> None:
+    broker = batch_broker
     source = write_jsonl(
         tmp_path / "in.jsonl",
         [openai_line("a", "x"), "{oops", openai_line("b", "y", "default"), openai_line("a", "z")],
@@ -212,7 +212,10 @@ def read_pty(fd: int, proc: subprocess.Popen[bytes], timeout: float) -> bytes:
     return b"".join(chunks)
 
 
-def test_progress_bar_on_a_pty_plain_lines_without(broker: BrokerProcess, tmp_path: Path) -> None:
+def test_progress_bar_on_a_pty_plain_lines_without(
+    batch_broker: BrokerProcess, tmp_path: Path
+) -> None:
+    broker = batch_broker
     source = slow_jobs(tmp_path / "in.jsonl", 400, 0.01)
     primary, secondary = pty.openpty()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TERM": "xterm-256color", "COLUMNS": "160"}

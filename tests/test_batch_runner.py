@@ -59,14 +59,10 @@ def run(
     return asyncio.run(go())
 
 
-@pytest.fixture
-def broker(broker_factory: Any, tmp_path: Path) -> BrokerProcess:
-    return mock_broker(broker_factory, tmp_path)
-
-
 def test_openai_file_runs_unchanged_and_the_sdk_parses_every_line(
-    broker: BrokerProcess, tmp_path: Path
+    batch_broker: BrokerProcess, tmp_path: Path
 ) -> None:
+    broker = batch_broker
     lines = [
         openai_line("a", "hello there", max_tokens=16, temperature=0.2),
         openai_line("b", "second prompt", model="default", max_completion_tokens=8),
@@ -95,8 +91,9 @@ def test_openai_file_runs_unchanged_and_the_sdk_parses_every_line(
 
 
 def test_anthropic_document_and_jsonl_parse_as_sdk_results(
-    broker: BrokerProcess, tmp_path: Path
+    batch_broker: BrokerProcess, tmp_path: Path
 ) -> None:
+    broker = batch_broker
     requests = [anthropic_request(f"q{i}", f"question number {i}") for i in range(20)]
     requests.append(anthropic_request("bad", "x", model="broken:echo"))
     document = tmp_path / "requests.json"
@@ -123,8 +120,9 @@ def test_anthropic_document_and_jsonl_parse_as_sdk_results(
 
 
 def test_malformed_lines_of_each_kind_name_line_and_field(
-    broker: BrokerProcess, tmp_path: Path
+    batch_broker: BrokerProcess, tmp_path: Path
 ) -> None:
+    broker = batch_broker
     good = [openai_line(f"ok{i}", f"fine {i}") for i in range(5)]
     no_messages = openai_line("m", "x")
     del no_messages["body"]["messages"]
@@ -168,8 +166,9 @@ def test_malformed_lines_of_each_kind_name_line_and_field(
 
 
 def test_five_thousand_prompts_each_custom_id_exactly_once(
-    broker: BrokerProcess, tmp_path: Path
+    batch_broker: BrokerProcess, tmp_path: Path
 ) -> None:
+    broker = batch_broker
     source = openai_file(tmp_path / "in.jsonl", 5000)
     report = run(broker, source, tmp_path / "out.jsonl", concurrency=256)
     assert report.exit_code == 0 and report.stats.succeeded == 5000
@@ -180,8 +179,9 @@ def test_five_thousand_prompts_each_custom_id_exactly_once(
 
 
 def test_cancel_leaves_files_resumable_and_resume_runs_only_the_rest(
-    broker: BrokerProcess, tmp_path: Path
+    batch_broker: BrokerProcess, tmp_path: Path
 ) -> None:
+    broker = batch_broker
     source = openai_file(tmp_path / "in.jsonl", 600)
     out = tmp_path / "out.jsonl"
     first = run(broker, source, out, cancel_after=200, concurrency=32)
@@ -198,7 +198,8 @@ def test_cancel_leaves_files_resumable_and_resume_runs_only_the_rest(
     assert all(calls[cid] == 1 for cid in done_first)  # nothing finished was redone
 
 
-def test_resume_cuts_a_torn_last_line(broker: BrokerProcess, tmp_path: Path) -> None:
+def test_resume_cuts_a_torn_last_line(batch_broker: BrokerProcess, tmp_path: Path) -> None:
+    broker = batch_broker
     source = openai_file(tmp_path / "in.jsonl", 30)
     out = tmp_path / "out.jsonl"
     run(broker, source, out, cancel_after=10, concurrency=4)
