@@ -532,3 +532,14 @@ def test_the_broker_catalog_refetches_after_its_ttl(
     settled()
     assert len(openrouter_fake.model_requests) > fetched
     assert "vendor/later" in service.catalog.live["router"].models
+
+
+def test_models_command_refuses_an_unknown_capability_before_connecting(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from dispatcher.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["models", "--capability", "x-ray", "--endpoint", "tcp://127.0.0.1:9"])
+    assert info.value.code == 2
+    assert "argument --capability: invalid choice: 'x-ray'" in capsys.readouterr().err
