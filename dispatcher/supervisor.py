@@ -19,12 +19,11 @@ from dataclasses import asdict, dataclass, field
 import psutil
 import structlog
 
+from protocol.constants import SPEC_ENV
 from workers.procutil import CONFIG_ERROR, die_with_parent_preexec, signal_group
 from workers.spec import ProviderSpec
 
 log = structlog.get_logger("llmrelay.supervisor")
-
-SPEC_ENV = "LLMRELAY_WORKER_SPEC"
 
 
 @dataclass(slots=True)
@@ -55,9 +54,11 @@ class Supervisor:
         flap_window: float = 60.0,
         heartbeat_interval: float = 1.0,
         private_env: frozenset[str] = frozenset(),
+        child_env: dict[str, str] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.private_env = private_env  # e.g. the broker's CURVE secret: workers never see it
+        self.child_env = dict(child_env or {})  # added for every worker (e.g. its CURVE keys)
         self.base_backoff = backoff
         self.backoff_max = backoff_max
         self.flap_restarts = flap_restarts
@@ -72,6 +73,7 @@ class Supervisor:
 
     def _start(self, item: Managed) -> None:
         env = {k: v for k, v in os.environ.items() if k not in self.private_env}
+        env.update(self.child_env)
         env[SPEC_ENV] = json.dumps(asdict(item.spec))
         argv = [
             sys.executable,
