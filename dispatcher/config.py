@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from gateway.settings import GatewaySettings, SettingsError, parse_http
 from protocol.transport import SocketOptions
 from workers.registry import KINDS
 from workers.spec import ProviderSpec
@@ -60,6 +61,7 @@ class Config:
     providers: dict[str, ProviderSpec] = field(default_factory=dict)
     routes: dict[str, list[str]] = field(default_factory=dict)
     path: str | None = None
+    http: GatewaySettings | None = None  # the [http] table: the HTTP gateway, if wanted
 
 
 def default_config() -> Config:
@@ -79,7 +81,7 @@ def _typed(cls: Any, data: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def parse_config(data: dict[str, Any], path: str | None = None) -> Config:
-    unknown = set(data) - {"broker", "providers", "routes"}
+    unknown = set(data) - {"broker", "providers", "routes", "http"}
     if unknown:
         raise ConfigError(f"unknown top-level section(s) {sorted(unknown)}")
     broker = BrokerConfig(**_typed(BrokerConfig, data.get("broker", {}), "[broker]"))
@@ -108,7 +110,18 @@ def parse_config(data: dict[str, Any], path: str | None = None) -> Config:
     if not providers:
         defaults = default_config()
         providers, routes = defaults.providers, routes or defaults.routes
-    return Config(broker=broker, providers=providers, routes=routes, path=path)
+    return Config(
+        broker=broker, providers=providers, routes=routes, path=path, http=_http(data)
+    )
+
+
+def _http(data: dict[str, Any]) -> GatewaySettings | None:
+    if "http" not in data:
+        return None
+    try:
+        return parse_http(data["http"])
+    except SettingsError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
