@@ -11,22 +11,12 @@ import time
 from typing import Any
 
 from gateway.errors import ApiError
+from protocol.job import PARAMS
 from protocol.results import Result
 
-# Passed straight through as canonical parameters (same name, same meaning).
-SAME_PARAMS = (
-    "temperature",
-    "top_p",
-    "stop",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-    "response_format",
-    "tools",
-    "tool_choice",
-    "top_k",  # llmrelay extensions a caller may send through extra_body
-    "repeat_penalty",
-)
+# Passed straight through: every canonical parameter has its OpenAI name, except max_tokens
+# (two spellings, below). top_k and repeat_penalty are llmrelay extensions (via extra_body).
+SAME_PARAMS = frozenset(PARAMS) - {"max_tokens"}
 # Accepted and without effect on the generated text.
 NEUTRAL = ("user", "store", "service_tier", "prompt_cache_key", "safety_identifier", "stream")
 # Would change the output; llmrelay has no canonical equivalent.

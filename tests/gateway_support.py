@@ -12,11 +12,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
+from tests.fakes.anthropic_fake import anthropic_server
+from tests.fakes.drive import API_ROOT, FAKE_KEY
+from tests.fakes.openai_fake import openai_server
+from tests.fakes.server import FakeServer, Reply
 from tests.harness import ROOT, BrokerProcess, free_port, kill_tree, toml_value
 from workers.procutil import die_with_parent_preexec
 
@@ -119,3 +125,69 @@ def mock_provider(capacity: int = 16, **options: Any) -> dict[str, Any]:
     if options:
         spec["options"] = options
     return spec
+
+
+# --- one broker with mock, OpenAI and Anthropic workers (on fakes) and a gateway ---------
+
+OAI_KEY_ENV = "LLMRELAY_TEST_GW_OPENAI_KEY"
+ANT_KEY_ENV = "LLMRELAY_TEST_GW_ANTHROPIC_KEY"
+TOKENS = ["Hé", "llo", ", wö", "rld ", "🙂", " naïve", "!"]
+
+
+@dataclass
+class ChatStack:
+    broker: BrokerProcess
+    gateway: GatewayProcess
+    oai: FakeServer
+    ant: FakeServer
+
+    def sdk(self, **kwargs: Any) -> openai.OpenAI:
+        kwargs.setdefault("max_retries", 0)
+        return openai.OpenAI(base_url=self.gateway.base_url, api_key="unused", **kwargs)
+
+
+@pytest.fixture(scope="module")
+def chat_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatStack]:
+    mp = pytest.MonkeyPatch()
+    mp.setenv(OAI_KEY_ENV, FAKE_KEY)
+    mp.setenv(ANT_KEY_ENV, FAKE_KEY)
+    tmp = tmp_path_factory.mktemp("gw")
+    with openai_server(FAKE_KEY) as oai, anthropic_server(FAKE_KEY) as ant:
+        providers = {
+            "mock": mock_provider(),
+            "oai": {
+                "kind": "openai",
+                "models": ["gpt-x"],
+                "capacity": 8,
+                "options": {"base_url": oai.url + API_ROOT["openai"], "api_key_env": OAI_KEY_ENV},
+            },
+            "ant": {
+                "kind": "anthropic",
+                "models": ["claude-x"],
+                "capacity": 8,
+                "options": {
+                    "base_url": ant.url + API_ROOT["anthropic"],
+                    "api_key_env": ANT_KEY_ENV,
+                },
+            },
+        }
+        broker = BrokerProcess(tmp, providers, {"default": ["mock:echo"]})
+        gateway = GatewayProcess(broker)
+        try:
+            broker.start()
+            broker.wait_workers(3, timeout=60)
+            gateway.start()
+            yield ChatStack(broker, gateway, oai, ant)
+        finally:
+            gateway.stop()
+            broker.stop()
+            mp.undo()
+
+
+@pytest.fixture
+def chat(chat_stack: ChatStack) -> Iterator[ChatStack]:
+    chat_stack.oai.default = Reply(tokens=list(TOKENS))
+    chat_stack.ant.default = Reply(tokens=list(TOKENS))
+    yield chat_stack
+    chat_stack.oai.default = Reply()
+    chat_stack.ant.default = Reply()

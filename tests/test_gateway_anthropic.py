@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -11,8 +10,7 @@ import httpx
 import pytest
 
 from tests.fakes.server import Reply
-from tests.test_gateway_openai import TOKENS, Stack
-from tests.test_gateway_openai import stack as stack
+from tests.gateway_support import ChatStack
 from tests.test_http_backends import OPENAI_TOOL_STREAM
 
 pytestmark = pytest.mark.timeout(120)
@@ -24,28 +22,19 @@ WEATHER = {
 }
 
 
-@pytest.fixture
-def s(stack: Stack) -> Iterator[Stack]:
-    stack.oai.default = Reply(tokens=list(TOKENS))
-    stack.ant.default = Reply(tokens=list(TOKENS))
-    yield stack
-    stack.oai.default = Reply()
-    stack.ant.default = Reply()
-
-
-def sdk(s: Stack) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=s.gateway.url, api_key="unused", max_retries=0)
+def sdk(chat: ChatStack) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=chat.gateway.url, api_key="unused", max_retries=0)
 
 
 @pytest.mark.parametrize("model", ["mock:echo", "oai:gpt-x", "ant:claude-x"])
-def test_messages_create_and_stream_match_zeromq(s: Stack, model: str) -> None:
+def test_messages_create_and_stream_match_zeromq(chat: ChatStack, model: str) -> None:
     messages: list[Any] = [{"role": "user", "content": "Say the words back to me"}]
-    client = sdk(s)
+    client = sdk(chat)
     whole = client.messages.create(model=model, max_tokens=100, messages=messages)
     with client.messages.stream(model=model, max_tokens=100, messages=messages) as stream:
         pieces = list(stream.text_stream)
         final = stream.get_final_message()
-    with s.broker.client() as zmq_client:
+    with chat.broker.client() as zmq_client:
         direct = zmq_client.complete(model=model, messages=messages, max_tokens=100)
     assert whole.type == "message" and whole.role == "assistant"
     assert whole.content[0].type == "text" and whole.content[0].text == direct.text
@@ -56,8 +45,8 @@ def test_messages_create_and_stream_match_zeromq(s: Stack, model: str) -> None:
     assert final.usage.input_tokens == whole.usage.input_tokens
 
 
-def test_system_prompt_and_max_tokens(s: Stack) -> None:
-    client = sdk(s)
+def test_system_prompt_and_max_tokens(chat: ChatStack) -> None:
+    client = sdk(chat)
     reply = client.messages.create(
         model="mock:echo",
         max_tokens=2,
@@ -74,47 +63,63 @@ def test_system_prompt_and_max_tokens(s: Stack) -> None:
         stop_sequences=["END"],
         extra_body={"temperature": 0.5},  # this SDK version no longer offers the argument
     )
-    sent = s.oai.requests[-1].json()
+    sent = chat.oai.requests[-1].json()
     assert sent["messages"][0] == {"role": "system", "content": "be brief"}
     limit = sent.get("max_completion_tokens", sent.get("max_tokens"))
     assert (sent["stop"], sent["temperature"], limit) == (["END"], 0.5, 20)
 
 
-def test_tool_use_whole_and_streamed(s: Stack) -> None:
-    s.oai.default = Reply(raw=OPENAI_TOOL_STREAM)
-    client = sdk(s)
+def test_tool_use_whole_and_streamed(chat: ChatStack) -> None:
+    chat.oai.default = Reply(raw=OPENAI_TOOL_STREAM)
+    client = sdk(chat)
     messages: list[Any] = [{"role": "user", "content": "Weather in Paris?"}]
     whole = client.messages.create(
-        model="oai:gpt-x", max_tokens=100, messages=messages, tools=[WEATHER]  # type: ignore[list-item]
+        model="oai:gpt-x",
+        max_tokens=100,
+        messages=messages,
+        tools=[WEATHER],  # type: ignore[list-item]
     )
     assert whole.stop_reason == "tool_use"
     (block,) = [b for b in whole.content if b.type == "tool_use"]
     assert (block.id, block.name, block.input) == ("call_4Xz", "get_weather", {"city": "Paris"})
-    sent = s.oai.requests[-1].json()
+    sent = chat.oai.requests[-1].json()
     assert sent["tools"][0]["function"]["name"] == "get_weather"
     with client.messages.stream(
-        model="oai:gpt-x", max_tokens=100, messages=messages, tools=[WEATHER]  # type: ignore[list-item]
+        model="oai:gpt-x",
+        max_tokens=100,
+        messages=messages,
+        tools=[WEATHER],  # type: ignore[list-item]
     ) as stream:
         final = stream.get_final_message()
     (block,) = [b for b in final.content if b.type == "tool_use"]
     assert block.input == {"city": "Paris"} and final.stop_reason == "tool_use"
 
-    s.oai.default = Reply(tokens=["sunny"])
+    chat.oai.default = Reply(tokens=["sunny"])
     follow = client.messages.create(
         model="oai:gpt-x",
         max_tokens=100,
         tools=[WEATHER],  # type: ignore[list-item]
         messages=[
             *messages,
-            {"role": "assistant", "content": [
-                {"type": "tool_use", "id": "call_4Xz", "name": "get_weather",
-                 "input": {"city": "Paris"}}]},
-            {"role": "user", "content": [
-                {"type": "tool_result", "tool_use_id": "call_4Xz", "content": "22C"}]},
+            {
+                "role": "assistant",
+                "content": [
+                    {
+                        "type": "tool_use",
+                        "id": "call_4Xz",
+                        "name": "get_weather",
+                        "input": {"city": "Paris"},
+                    }
+                ],
+            },
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": "call_4Xz", "content": "22C"}],
+            },
         ],
     )
     assert follow.content[0].type == "text" and follow.content[0].text == "sunny"
-    sent_messages = s.oai.requests[-1].json()["messages"]
+    sent_messages = chat.oai.requests[-1].json()["messages"]
     assert sent_messages[1]["tool_calls"][0]["id"] == "call_4Xz"
     assert json.loads(sent_messages[1]["tool_calls"][0]["function"]["arguments"]) == {
         "city": "Paris"
@@ -122,14 +127,14 @@ def test_tool_use_whole_and_streamed(s: Stack) -> None:
     assert sent_messages[2] == {"role": "tool", "tool_call_id": "call_4Xz", "content": "22C"}
 
 
-def test_event_sequence_on_the_wire(s: Stack) -> None:
+def test_event_sequence_on_the_wire(chat: ChatStack) -> None:
     body = {
         "model": "mock:echo",
         "max_tokens": 50,
         "stream": True,
         "messages": [{"role": "user", "content": "x y"}],
     }
-    with httpx.stream("POST", s.gateway.url + "/v1/messages", json=body) as reply:
+    with httpx.stream("POST", chat.gateway.url + "/v1/messages", json=body) as reply:
         kinds = [line[7:] for line in reply.iter_lines() if line.startswith("event: ")]
     kinds = [k for k in kinds if k != "ping"]
     assert kinds[:2] == ["message_start", "content_block_start"]
@@ -137,16 +142,16 @@ def test_event_sequence_on_the_wire(s: Stack) -> None:
     assert kinds[-3:] == ["content_block_stop", "message_delta", "message_stop"]
 
 
-def test_models_list_in_anthropic_shape(s: Stack) -> None:
-    page = sdk(s).models.list()
+def test_models_list_in_anthropic_shape(chat: ChatStack) -> None:
+    page = sdk(chat).models.list()
     ids = [m.id for m in page.data]
     assert "mock:echo" in ids and "default" in ids
     assert all(m.type == "model" for m in page.data)
 
 
-def test_missing_max_tokens_is_a_clear_400(s: Stack) -> None:
+def test_missing_max_tokens_is_a_clear_400(chat: ChatStack) -> None:
     reply = httpx.post(
-        s.gateway.url + "/v1/messages",
+        chat.gateway.url + "/v1/messages",
         json={"model": "mock:echo", "messages": [{"role": "user", "content": "x"}]},
         headers={"anthropic-version": "2023-06-01"},
     )

@@ -292,7 +292,9 @@ def test_api_keys_gate_entry_and_name_the_client(stack: Stack, keyed: GatewayPro
     assert bare.json()["error"]["code"] == "invalid_api_key"
     with pytest.raises(anthropic.AuthenticationError):
         anthropic.Anthropic(base_url=keyed.url, api_key="sk-wrong", max_retries=0).messages.create(
-            model="mock:echo", max_tokens=5, messages=MESSAGES  # type: ignore[arg-type]
+            model="mock:echo",
+            max_tokens=5,
+            messages=MESSAGES,  # type: ignore[arg-type]
         )
     ok = openai.OpenAI(base_url=keyed.base_url, api_key="sk-bob-9876543210", max_retries=0)
     assert ok.chat.completions.create(model="mock:echo", messages=MESSAGES).choices  # type: ignore[arg-type]

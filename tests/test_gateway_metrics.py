@@ -34,9 +34,7 @@ def value(samples: dict[Any, float], name: str, **labels: str) -> float:
     return sum(found)
 
 
-def test_metrics_match_a_known_run(
-    broker_factory: Any, gateway_factory: Any
-) -> None:
+def test_metrics_match_a_known_run(broker_factory: Any, gateway_factory: Any) -> None:
     broker: BrokerProcess = broker_factory(
         {"mock": mock_provider(), "flaky": mock_provider()},
         {"default": ["mock:echo"], "chain": ["flaky:echo", "mock:echo"]},
@@ -68,14 +66,32 @@ def test_metrics_match_a_known_run(
         assert time.monotonic() < deadline, "the broker's figures never caught up"
         time.sleep(0.2)
     ok = {"gen_ai_operation_name": "chat", "gen_ai_provider_name": "mock", "error_type": ""}
-    assert value(s, "gen_ai_server_request_duration_seconds_count", **ok,
-                 gen_ai_request_model="mock:echo") == 5
-    assert value(s, "gen_ai_server_request_duration_seconds_count", **ok,
-                 gen_ai_request_model="chain") == 1
-    assert value(s, "gen_ai_server_request_duration_seconds_count",
-                 error_type="invalid_request") == 1
-    assert value(s, "gen_ai_server_request_duration_seconds_bucket", le="+Inf",
-                 gen_ai_request_model="mock:echo", error_type="") == 5
+    assert (
+        value(
+            s,
+            "gen_ai_server_request_duration_seconds_count",
+            **ok,
+            gen_ai_request_model="mock:echo",
+        )
+        == 5
+    )
+    assert (
+        value(s, "gen_ai_server_request_duration_seconds_count", **ok, gen_ai_request_model="chain")
+        == 1
+    )
+    assert (
+        value(s, "gen_ai_server_request_duration_seconds_count", error_type="invalid_request") == 1
+    )
+    assert (
+        value(
+            s,
+            "gen_ai_server_request_duration_seconds_bucket",
+            le="+Inf",
+            gen_ai_request_model="mock:echo",
+            error_type="",
+        )
+        == 5
+    )
     assert value(s, "gen_ai_server_time_to_first_token_seconds_count") == 2
     for kind in ("input", "output"):
         assert value(s, "gen_ai_client_token_usage_count", gen_ai_token_type=kind) == 6
@@ -84,11 +100,14 @@ def test_metrics_match_a_known_run(
     assert value(s, "llmrelay_http_requests_total", api="openai", status="200") == 6
     assert value(s, "llmrelay_http_requests_total", api="openai", status="400") == 1
     assert value(s, "llmrelay_gateway_jobs_total", outcome="done") == 6
-    assert value(s, "llmrelay_gateway_jobs_total", outcome="failed",
-                 category="invalid_request") == 1
+    assert (
+        value(s, "llmrelay_gateway_jobs_total", outcome="failed", category="invalid_request") == 1
+    )
     assert value(s, "llmrelay_failovers_total", from_provider="flaky", to_provider="mock") == 1
-    assert value(s, "llmrelay_gateway_attempts_total", llmrelay_provider="flaky",
-                 outcome="not_found") == 1
+    assert (
+        value(s, "llmrelay_gateway_attempts_total", llmrelay_provider="flaky", outcome="not_found")
+        == 1
+    )
     # from the broker's status reply
     assert value(s, "llmrelay_broker_up") == 1
     assert value(s, "llmrelay_broker_jobs_total", outcome="done") == 6
