@@ -20,12 +20,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway import anthropic_messages, openai_chat
-from gateway.errors import NOT_FOUND_ROUTE, TOO_LARGE, UNAUTHORIZED, ApiError
+from gateway.errors import TOO_LARGE, UNAUTHORIZED, ApiError
+from gateway.files_api import FilesApi
 from gateway.link import ANONYMOUS, BrokerLink
 from gateway.metrics import GatewayMetrics, provider_name
 from gateway.pump import Backlog, Pump
 from gateway.settings import GatewaySettings
 from gateway.sse import EventStream, wait_disconnect
+from gateway.store import Store
 from protocol.client import build_job
 from protocol.errors import ErrorCategory, ProtocolViolation, ProviderError
 from protocol.http_errors import ROWS
@@ -73,12 +75,21 @@ class Gateway:
         self.backlog = Backlog()
         self.metrics = GatewayMetrics(self.backlog)
         self.kinds: dict[str, str] = {}  # provider name -> kind, from broker status
+        self.store = Store(settings.store_dir)
+        self.files = FilesApi(self, self.store)
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self.chat, methods=["POST"]),
                 Route("/v1/messages", self.messages, methods=["POST"]),
                 Route("/v1/models", self.list_models, methods=["GET"]),
                 Route("/v1/models/{model:path}", self.get_model, methods=["GET"]),
+                Route("/v1/files", self._api(self._files_create), methods=["POST"]),
+                Route("/v1/files", self._api(self._files_list), methods=["GET"]),
+                Route("/v1/files/{file_id}", self._api(self._files_get), methods=["GET"]),
+                Route("/v1/files/{file_id}", self._api(self._files_delete), methods=["DELETE"]),
+                Route(
+                    "/v1/files/{file_id}/content", self._api(self._files_content), methods=["GET"]
+                ),
                 Route("/metrics", self.metrics_page, methods=["GET"]),
                 Route("/healthz", self.healthz, methods=["GET"]),
                 Route("/readyz", self.readyz, methods=["GET"]),
@@ -93,6 +104,7 @@ class Gateway:
             yield
         finally:
             await self.link.close()
+            self.store.close()
             log.info("gateway_stopped")
 
     # --- shared request plumbing -----------------------------------------------------------
@@ -506,5 +518,38 @@ class Gateway:
             return JSONResponse({"ready": False, "reason": "no worker registered"}, 503)
         return JSONResponse({"ready": True, "workers": workers})
 
-    def not_found(self, api: str, request_id: str) -> Response:
-        return self.error_response(api, ApiError(NOT_FOUND_ROUTE, "no such endpoint"), request_id)
+    # --- files (and batches): OpenAI-shaped JSON endpoints ------------------------------------
+
+    def _api(
+        self, handler: Callable[[Request, str], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """Auth, request id and OpenAI-shaped errors around one JSON endpoint."""
+
+        async def endpoint(request: Request) -> Response:
+            request_id = _request_id()
+            try:
+                response = await handler(request, self.client_name(request))
+                status = response.status_code
+            except ApiError as exc:
+                response = self.error_response(OPENAI, exc, request_id)
+                status = exc.row.status
+            response.headers["x-request-id"] = request_id
+            self.metrics.http.labels(api=OPENAI, status=str(status)).inc()
+            return response
+
+        return endpoint
+
+    async def _files_create(self, request: Request, owner: str) -> Response:
+        return await self.files.create(request, owner)
+
+    async def _files_list(self, request: Request, owner: str) -> Response:
+        return self.files.list(request, owner)
+
+    async def _files_get(self, request: Request, owner: str) -> Response:
+        return self.files.retrieve(request.path_params["file_id"], owner)
+
+    async def _files_delete(self, request: Request, owner: str) -> Response:
+        return self.files.delete(request.path_params["file_id"], owner)
+
+    async def _files_content(self, request: Request, owner: str) -> Response:
+        return self.files.content(request.path_params["file_id"], owner)

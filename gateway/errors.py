@@ -17,7 +17,6 @@ C = ErrorCategory
 
 # Statuses the gateway itself answers with, outside the category table.
 UNAUTHORIZED = Row(401, "invalid_request_error", "invalid_api_key", 401, "authentication_error")
-NOT_FOUND_ROUTE = Row(404, "invalid_request_error", "not_found", 404, "not_found_error")
 TOO_LARGE = Row(413, "invalid_request_error", "request_too_large", 413, "request_too_large")
 
 _FIELD = re.compile(r"^([A-Za-z_][\w.\[\]]*):")
