@@ -37,6 +37,7 @@ from protocol.results import Event, Result
 log = structlog.get_logger("llmrelay.gateway")
 T = TypeVar("T")
 OPENAI, ANTHROPIC = "openai", "anthropic"
+MODELS_CACHE = 10.0  # seconds one catalog listing serves /v1/models
 
 
 @dataclass(slots=True)
@@ -76,6 +77,8 @@ class Gateway:
         self.metrics = GatewayMetrics(self.backlog)
         self.kinds: dict[str, str] = {}  # provider name -> kind, from broker status
         self.store = Store(settings.store_dir)
+        self._models: list[ModelInfo] | None = None
+        self._models_at = 0.0
         self.files = FilesApi(self, self.store)
         self.app = Starlette(
             routes=[
@@ -447,7 +450,7 @@ class Gateway:
             self.client_name(request)
         except ApiError as exc:
             return self.error_response(api, exc, request_id)
-        models = self.catalog.models
+        models = await self.listed_models()
         if api == ANTHROPIC:
             data = [self._anthropic_model(m) for m in models]
             body: dict[str, Any] = {
@@ -467,7 +470,7 @@ class Gateway:
         wanted = request.path_params["model"]
         try:
             self.client_name(request)
-            for model in self.catalog.models:
+            for model in await self.listed_models():
                 if model.id == wanted:
                     shape = self._anthropic_model if api == ANTHROPIC else self._openai_model
                     return JSONResponse(shape(model), headers={"x-request-id": request_id})
@@ -478,6 +481,28 @@ class Gateway:
             )
         except ApiError as exc:
             return self.error_response(api, exc, request_id)
+
+    async def listed_models(self) -> list[ModelInfo]:
+        """The routes, then every provider:model the broker's catalog lists (cached briefly).
+
+        When the broker does not answer the catalog query, the config's lists stand in."""
+        now = time.monotonic()
+        if self._models is not None and now - self._models_at < MODELS_CACHE:
+            return self._models
+        try:
+            listing = await self.link.client().models(timeout=10.0)
+        except ProviderError:
+            return self.catalog.models
+        routes = [m for m in self.catalog.models if m.id in self.catalog.routes]
+        seen = {m.id for m in routes}
+        models = list(routes)
+        for entry in listing.get("models") or []:
+            ident = f"{entry.get('provider')}:{entry.get('model')}"
+            if ident not in seen:
+                seen.add(ident)
+                models.append(ModelInfo(ident, str(entry.get("provider"))))
+        self._models, self._models_at = models, now
+        return models
 
     @staticmethod
     def _openai_model(model: ModelInfo) -> dict[str, Any]:
