@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.settings import HTTP_KEYS, GatewaySettings, parse_http
 from catalog.capabilities import CatalogError
 from catalog.registry import check_overrides
+from gateway.settings import HTTP_KEYS, GatewaySettings, parse_http
 from protocol.schema import (
     ConfigError,
     Key,

@@ -47,13 +47,12 @@ class Stack:
     broker: BrokerProcess
     gateway: GatewayProcess
 
-    def openai(self, counter: Counter, **kwargs: Any) -> openai.OpenAI:
+    def openai(self, counter: Counter, max_retries: int = 2) -> openai.OpenAI:
         return openai.OpenAI(
             base_url=self.gateway.base_url,
-            api_key=kwargs.pop("api_key", "unused"),
-            max_retries=2,
+            api_key="unused",
+            max_retries=max_retries,
             http_client=counter.client(),
-            **kwargs,
         )
 
     def anthropic(self, counter: Counter) -> anthropic.Anthropic:
@@ -163,15 +162,20 @@ def test_unknown_model_is_404_model_not_found(stack: Stack) -> None:
     assert info.value.code == "model_not_found" and len(counter.paths) == 1
 
 
-def test_no_candidate_is_503_and_retried(stack: Stack) -> None:
+def test_no_candidate_is_503_with_the_recovery_time(stack: Stack) -> None:
+    """The paced provider's next slot is a minute away, past the job's deadline: a 503 that
+    tells the SDK when to come back (it would wait that long before its retry)."""
     counter = Counter()
-    sdk = stack.openai(counter)
+    sdk = stack.openai(counter, max_retries=0)
     first = sdk.chat.completions.create(model="paced:echo", messages=MESSAGES)  # type: ignore[arg-type]
     assert first.choices[0].message.content  # the one request of this minute
     with pytest.raises(openai.InternalServerError) as info:
         sdk.chat.completions.create(model="paced:echo", messages=MESSAGES)  # type: ignore[arg-type]
-    assert info.value.status_code == 503 and info.value.code == "no_provider"
-    assert len(counter.paths) == 1 + 3
+    err = info.value
+    assert err.status_code == 503 and err.code == "no_provider"
+    assert 30 <= int(err.response.headers["retry-after"]) <= 61
+    assert "x-should-retry" not in err.response.headers  # the SDK's own rule: 503 is retried
+    assert len(counter.paths) == 2
 
 
 def test_failure_after_first_token_is_an_error_event(stack: Stack) -> None:
