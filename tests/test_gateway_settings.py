@@ -9,6 +9,8 @@ import pytest
 from dispatcher.config import ConfigError, parse_config
 from gateway.errors import field_of
 from gateway.settings import GatewaySettings, parse_http
+from protocol.errors import ErrorCategory
+from protocol.http_errors import ROWS
 
 
 def test_defaults_and_values() -> None:
@@ -61,3 +63,7 @@ def test_validation_messages_map_to_request_fields() -> None:
     assert field_of("params.temperature: must be <= 2.0") == "temperature"
     assert field_of("messages[0].content: missing") == "messages[0].content"
     assert field_of("no field here") is None
+
+
+def test_every_category_has_an_http_row() -> None:
+    assert set(ROWS) == set(ErrorCategory)
