@@ -12,12 +12,13 @@ from typing import Any
 from dispatcher.health import HealthBook
 from dispatcher.jobs import Attempt, JobState, WorkerState
 from dispatcher.pacing import Pacer
-from dispatcher.retry import RetryPolicy, parse_retry_after
+from dispatcher.retry import RetryPolicy, bounded_retry_after
 from dispatcher.routing import Candidate
 from dispatcher.scheduling import Scheduler
 from dispatcher.worker_book import WorkerBook
 from protocol import messages as m
 from protocol.errors import FAILURE_CLASSES, ErrorCategory, HealthScope, ProviderError
+from protocol.result_schema import BrokerFields
 
 
 class AttemptOutcomes:
@@ -63,17 +64,23 @@ class AttemptOutcomes:
         self._learn_usage(js, msg.result)
         self._learn_limits(js.candidate.provider, msg.result.get("ratelimit"), now)
         js.trail.append(Attempt(js.attempt, js.candidate.provider, js.candidate.model, "ok"))
-        result = {
-            **msg.result,
+        priced = self.pricing(js.candidate, msg.result.get("usage"))
+        added: BrokerFields = {
             "provider": js.candidate.provider,
             "candidate": str(js.candidate),
             "attempts": js.trail_wire(),
             "skipped": js.skipped,
-            **js.notes,
-            **self.pricing(js.candidate, msg.result.get("usage")),
+            "strategy": js.notes.get("strategy", js.strategy),
+            "cost": priced.get("cost"),
+            "cost_source": priced.get("cost_source", "unknown"),
             "latency": now - js.submitted,
             "ttft": None if js.first_token_at is None else js.first_token_at - js.submitted,
         }
+        if "dropped" in js.notes:
+            added["dropped"] = js.notes["dropped"]
+        if "detected" in js.notes:
+            added["detected"] = js.notes["detected"]
+        result: dict[str, Any] = {**msg.result, **added}  # worker keys pass through
         done = m.Done(job_id=js.id, attempt=js.attempt, frames=msg.frames, result=result)
         self.scheduler.finish(js, done, msg.frames)
         self.scheduler.totals["done"] += 1
@@ -196,7 +203,7 @@ def worker_error(wire: dict[str, Any]) -> ProviderError:
     sane number is dropped (and a huge one capped); a status_code that is not an int too.
     """
     error = ProviderError.from_wire(wire)
-    error.retry_after = parse_retry_after(error.retry_after)
+    error.retry_after = bounded_retry_after(error.retry_after)
     code = error.status_code
     if isinstance(code, bool) or not isinstance(code, int):
         error.status_code = None

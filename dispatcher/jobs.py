@@ -8,6 +8,7 @@ from typing import Any
 from dispatcher.routing import Candidate
 from protocol.errors import ErrorCategory, ProviderError
 from protocol.job import Job
+from protocol.result_schema import AttemptEntry
 
 
 @dataclass(slots=True, eq=False)
@@ -54,18 +55,18 @@ class Attempt:
     def ok(self) -> bool:
         return self.outcome == "ok"
 
-    def to_wire(self) -> dict[str, Any]:
+    def to_wire(self) -> AttemptEntry:
         """The result's / error's `attempts` entry (docs/protocol.md, the result map)."""
-        wire: dict[str, Any] = {
+        wire: AttemptEntry = {
             "attempt": self.attempt,
             "provider": self.provider,
             "model": self.model,
             "outcome": self.outcome,
         }
         if not self.ok:
-            wire.update(
-                message=self.message, status_code=self.status_code, retry_after=self.retry_after
-            )
+            wire["message"] = self.message
+            wire["status_code"] = self.status_code
+            wire["retry_after"] = self.retry_after
         return wire
 
 
@@ -101,8 +102,12 @@ class JobState:
     def id(self) -> str:
         return self.job.id
 
-    def trail_wire(self) -> list[dict[str, Any]]:
+    def trail_wire(self) -> list[AttemptEntry]:
         return [attempt.to_wire() for attempt in self.trail]
+
+    def trail_maps(self) -> list[dict[str, Any]]:
+        """The trail as ProviderError.attempts holds it."""
+        return [{**attempt} for attempt in self.trail_wire()]
 
     @property
     def last_message(self) -> str:
@@ -119,7 +124,7 @@ class JobState:
             "provider": last.provider if last else None,
             "status_code": last.status_code if last else None,
             "retry_after": last.retry_after if last else None,
-            "attempts": self.trail_wire(),
+            "attempts": self.trail_maps(),
             **fields,
         }
         category = last.category if last else ErrorCategory.NO_PROVIDER

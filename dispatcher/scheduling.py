@@ -246,7 +246,7 @@ class Scheduler:
     def fail(self, js: JobState, err: ProviderError) -> None:
         if js.finished:
             return
-        err.attempts = js.trail_wire()
+        err.attempts = js.trail_maps()
         self.totals["failed"] += 1
         self.log.info(
             "job_failed",
