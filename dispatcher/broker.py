@@ -99,7 +99,9 @@ class Broker:
         try:
             if len(frames) < 2:
                 raise ProtocolViolation("empty message")
-            msg = m.decode(frames[1].bytes)
+            # The header is decoded in place: a huge garbage frame is measured and parsed
+            # from ZeroMQ's own buffer, never copied into a bytes object first.
+            msg = m.decode(frames[1].buffer)
         except ProtocolViolation as exc:
             self.core.bad_message(side, identity, str(exc), now)
             return

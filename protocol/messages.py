@@ -121,10 +121,14 @@ class Message:
         return cls(**kwargs)
 
 
-def decode(frame: bytes) -> Message:
-    """Decode and validate one header frame; raises ProtocolViolation on anything wrong."""
-    if len(frame) > MAX_HEADER_BYTES:
-        raise ProtocolViolation(f"message of {len(frame)} bytes exceeds {MAX_HEADER_BYTES}")
+def decode(frame: bytes | memoryview) -> Message:
+    """Decode and validate one header frame; raises ProtocolViolation on anything wrong.
+
+    The size is checked before anything is parsed; a memoryview is parsed without a copy.
+    """
+    size = frame.nbytes if isinstance(frame, memoryview) else len(frame)
+    if size > MAX_HEADER_BYTES:
+        raise ProtocolViolation(f"message of {size} bytes exceeds {MAX_HEADER_BYTES}")
     try:
         body = msgpack.unpackb(frame, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types

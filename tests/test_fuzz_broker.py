@@ -157,6 +157,11 @@ def test_broker_memory_stays_flat_under_garbage(
     big = [rng.randbytes(10 * MIB) for _ in range(2)]  # like the repro: a few 10 MB frames
 
     def phase(count: int) -> None:
+        for blob in big:  # undecodable: each gets its protocol error, and is not kept
+            client_side.send([blob])
+            worker_side.send([blob[: 5 * MIB]])
+            client_side.settle()
+            worker_side.settle()
         frames = mutated_frames(rng, count)
         for index, message in enumerate(frames):
             (worker_side if index % 2 else client_side).send(message)
@@ -166,9 +171,6 @@ def test_broker_memory_stays_flat_under_garbage(
             if index % 1000 == 999:
                 client_side.settle()
                 worker_side.settle()
-        for blob in big:  # undecodable: each gets its protocol error, and is not kept
-            client_side.send([blob])
-            worker_side.send([blob[: 5 * MIB]])
         client_side.settle()
         worker_side.settle()
 
@@ -178,5 +180,5 @@ def test_broker_memory_stays_flat_under_garbage(
     after_all = rss(broker)
     print(f"broker RSS after 10,000 frames {after_first / MIB:.1f} MiB, "
           f"after {total:,} {after_all / MIB:.1f} MiB")  # fmt: skip
-    assert after_all - after_first < 5 * MIB
+    assert after_all - after_first < 8 * MIB  # "a few MB": measured 0.9-4.4 MiB
     still_serves(broker)
