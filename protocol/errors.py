@@ -26,6 +26,7 @@ class ErrorCategory(StrEnum):
     NO_PROVIDER = "no_provider"
     WORKER_LOST = "worker_lost"
     BROKER_UNREACHABLE = "broker_unreachable"  # client side: no broker answered in time
+    INTERNAL = "internal"  # the broker failed while handling this job's message (a bug)
 
     @classmethod
     def parse(cls, value: object) -> ErrorCategory:
@@ -64,6 +65,7 @@ DISPOSITION: dict[ErrorCategory, Disposition] = {
     ErrorCategory.NO_PROVIDER: Disposition.FINAL,
     ErrorCategory.WORKER_LOST: Disposition.RETRY,
     ErrorCategory.BROKER_UNREACHABLE: Disposition.FINAL,
+    ErrorCategory.INTERNAL: Disposition.FINAL,
 }
 
 # Failures that say something about the provider's health (they feed the circuit breaker).
