@@ -1,4 +1,3 @@
-# ruff: noqa: E501  (strategy tables read best one per line)
 """Frames for fuzzing, built from the real message schemas: valid ones, then mutations.
 
 `VALID` holds one real encoding per message type (every field set). Hypothesis strategies
