@@ -8,6 +8,7 @@ the entry points below (`client_message`, `worker_message`, `bad_message`, `tick
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
@@ -66,6 +67,8 @@ class BrokerCore:
         self.processes = processes
         self.endpoints = dict(endpoints or {})  # shown in status
         self.started = now
+        # Told to clients on Pong and Accepted: a restarted broker is recognisably a new one.
+        self.instance = secrets.token_hex(8)
         self.log = log.bind(component="broker")
         self.outbox = Outbox()
         self.workers = WorkerBook(
@@ -173,7 +176,7 @@ class BrokerCore:
         if isinstance(msg, m.Submit):
             self._submit(identity, msg, now)
         elif isinstance(msg, m.Ping):
-            self.outbox.to_client(identity, m.Pong())
+            self.outbox.to_client(identity, m.Pong(broker=self.instance))
         elif isinstance(msg, m.Cancel):
             self._cancel(msg.job_id)
         elif isinstance(msg, m.StatusQuery):
@@ -275,7 +278,9 @@ class BrokerCore:
         )
         self.scheduler.admit(js)
         names = [str(c) for c in candidates]
-        accepted = m.Accepted(job_id=job.id, candidates=names, skipped=skipped)
+        accepted = m.Accepted(
+            job_id=job.id, candidates=names, skipped=skipped, broker=self.instance
+        )
         self.outbox.to_client(identity, accepted)
         self.log.debug("job_accepted", job=job.id, candidates=names)
 
@@ -283,7 +288,9 @@ class BrokerCore:
         """Same id again: the caller reconnected. Re-attach; restart if it missed frames."""
         js.client = identity
         names = [str(c) for c in js.candidates]
-        accepted = m.Accepted(job_id=js.id, candidates=names, skipped=js.skipped)
+        accepted = m.Accepted(
+            job_id=js.id, candidates=names, skipped=js.skipped, broker=self.instance
+        )
         self.outbox.to_client(identity, accepted)
         if js.worker is not None and msg.delivered != js.frames:
             self.log.info("job_restarted_for_client", job=js.id, attempt=js.attempt)

@@ -161,10 +161,11 @@ class Submit(Message):
 @dataclass(slots=True)
 class Accepted(Message):
     TYPE = "accepted"
-    CHECKS = {"job_id": _id, "candidates": _str_list, "skipped": _map_list}
+    CHECKS = {"job_id": _id, "candidates": _str_list, "skipped": _map_list, "broker": _id}
     job_id: str
     candidates: list[str] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    broker: str | None = None  # the broker run's instance id (see Pong)
 
 
 @dataclass(slots=True)
@@ -243,7 +244,12 @@ class Ping(Message):
 
 @dataclass(slots=True)
 class Pong(Message):
+    """Broker -> client: alive. `broker` is this broker run's instance id: a client that sees
+    a new one knows its unfinished jobs died with the old run and resubmits them at once."""
+
     TYPE = "pong"
+    CHECKS = {"broker": _id}
+    broker: str | None = None
 
 
 @dataclass(slots=True)
