@@ -22,7 +22,9 @@ JOB = build_job(model="mock:echo", prompt="fuzz", job_id="fuzz-job", max_tokens=
 
 EXAMPLES: list[m.Message] = [
     m.Submit(job=JOB, first_attempt=2, delivered=1, client="fuzzer"),
-    m.Accepted(job_id="fuzz-job", candidates=["mock:echo"], skipped=[{"candidate": "x:y"}]),
+    m.Accepted(
+        job_id="fuzz-job", candidates=["mock:echo"], skipped=[{"candidate": "x:y"}], broker="run-1"
+    ),
     m.Cancel(job_id="fuzz-job", attempt=1),
     m.Tokens(job_id="fuzz-job", attempt=1, seq=0),
     m.Reset(job_id="fuzz-job", attempt=2, reason="retried"),
@@ -31,12 +33,16 @@ EXAMPLES: list[m.Message] = [
     m.StatusQuery(),
     m.StatusReply(status={"queued": 0}),
     m.Ping(),
-    m.Pong(),
+    m.Pong(broker="run-1"),
     m.Error(message="boom", job_id="fuzz-job"),
     m.Ready(provider="mock", kind="mock", models=["echo"], capacity=2, pid=1, features=["stop"]),
     m.Heartbeat(inflight=1, stats={"rss": 1}),
     m.Dispatch(job=JOB, attempt=1, model="echo"),
     m.Disconnect(reason="unknown worker"),
+    m.CatalogQuery(request="q1", query="capabilities", args={"model": "mock:echo"}),
+    m.CatalogReply(request="q1", result={"context_window": 1}, error=None),
+    m.CountTokens(request="q2", model="echo", messages=[{"role": "user", "content": "hi"}]),
+    m.TokenCount(request="q2", tokens=3, method="exact", error=None),
 ]
 assert {type(e) for e in EXAMPLES} == set(m.REGISTRY.values()), "a message type has no example"
 VALID: list[dict[str, Any]] = [e.to_wire() for e in EXAMPLES]
