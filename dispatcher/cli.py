@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
+from catalog.capabilities import FLAGS
 from dispatcher.config import ConfigError, load_config
 from protocol import logs
 from protocol.client import CONNECT_TIMEOUT, DEFAULT_ENDPOINT, AsyncClient
@@ -288,9 +289,7 @@ def _add_keys_parser(sub: Any) -> None:
 def _add_models_parser(sub: Any) -> None:
     models = sub.add_parser("models", help="the catalog: models, capabilities, prices")
     models.add_argument("--provider", help="only this configured provider")
-    models.add_argument(
-        "--capability", help="only models with it: vision, tools, json_object, json_schema, ..."
-    )
+    models.add_argument("--capability", choices=FLAGS, help="only models with it")
     models.add_argument("--refresh", action="store_true", help="refetch live model data first")
     models.add_argument("--json", action="store_true")
     models.add_argument("--endpoint", default=DEFAULT_ENDPOINT)
