@@ -43,6 +43,7 @@ EXAMPLES: list[m.Message] = [
     m.CatalogReply(request="q1", result={"context_window": 1}, error=None),
     m.CountTokens(request="q2", model="echo", messages=[{"role": "user", "content": "hi"}]),
     m.TokenCount(request="q2", tokens=3, method="exact", error=None),
+    m.Rejected(reason="unknown provider"),
 ]
 assert {type(e) for e in EXAMPLES} == set(m.REGISTRY.values()), "a message type has no example"
 VALID: list[dict[str, Any]] = [e.to_wire() for e in EXAMPLES]
