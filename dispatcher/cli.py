@@ -20,6 +20,7 @@ from catalog.capabilities import FLAGS
 from dispatcher.config import ConfigError, load_config
 from protocol import logs
 from protocol.client import CONNECT_TIMEOUT, DEFAULT_ENDPOINT, AsyncClient
+from protocol.constants import CONFIG_ENV, DEFAULT_WORKER_ENDPOINT, SPEC_ENV
 from protocol.errors import ProtocolViolation, ProviderError
 from protocol.results import Done, Reset, Token
 from workers.registry import KINDS
@@ -54,12 +55,10 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 
 
 def _worker_spec(args: argparse.Namespace) -> ProviderSpec:
-    raw = os.environ.get("LLMRELAY_WORKER_SPEC")
+    raw = os.environ.get(SPEC_ENV)
     if raw:  # spawned by the broker: the spec travels in the environment, never in argv
         return ProviderSpec(**json.loads(raw))
-    config = (
-        load_config(args.config) if (args.config or os.environ.get("LLMRELAY_CONFIG")) else None
-    )
+    config = load_config(args.config) if (args.config or os.environ.get(CONFIG_ENV)) else None
     if config is not None and args.provider in config.providers:
         return config.providers[args.provider]
     if args.provider in KINDS:
@@ -323,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run one worker process for a provider")
     worker.add_argument("--provider", required=True, help="provider name in the config, or a kind")
-    worker.add_argument("--connect", default="tcp://127.0.0.1:5556", help="broker worker endpoint")
+    worker.add_argument("--connect", default=DEFAULT_WORKER_ENDPOINT, help="broker worker endpoint")
     worker.add_argument("--config")
     worker.add_argument("--capacity", type=_positive(int))
     worker.add_argument("--heartbeat-interval", type=_positive(float), default=1.0)

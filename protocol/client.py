@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from protocol import messages as m
+from protocol.constants import DEFAULT_CLIENT_ENDPOINT, ENDPOINT_ENV
 from protocol.errors import ErrorCategory, ProtocolViolation, ProviderError
 from protocol.job import Job, new_job_id
 from protocol.peer import PeerLink
@@ -30,7 +31,7 @@ from protocol.results import Done, Event, Reset, Result, Token
 from protocol.transport import SocketOptions
 from protocol.validate import need_id
 
-DEFAULT_ENDPOINT = os.environ.get("LLMRELAY_ENDPOINT", "tcp://127.0.0.1:5555")
+DEFAULT_ENDPOINT = os.environ.get(ENDPOINT_ENV, DEFAULT_CLIENT_ENDPOINT)
 # Seconds a call waits for the first word from a broker before failing broker_unreachable.
 # ZeroMQ connects lazily and silently, so without it a client with no broker waits forever.
 CONNECT_TIMEOUT = 5.0

@@ -329,7 +329,6 @@ class TokenCount(Message):
     error: str | None = None
 
 
-
 @dataclass(slots=True)
 class Ready(Message):
     """Worker registers: what it serves and how many jobs it runs at once."""
