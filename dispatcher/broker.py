@@ -28,6 +28,10 @@ from protocol.errors import ProtocolViolation
 from protocol.transport import apply_server_curve, tune_socket
 
 MAX_BATCH = 2000  # messages handled per socket per loop turn, so neither side starves
+# How often the loop asks the supervisor whether a worker process died (a non-blocking
+# waitpid per child). The core stops dispatching to a dead worker from then on, instead of
+# after its heartbeat timeout: a kill -9 storm would otherwise feed jobs to dead workers.
+EXIT_CHECK = 0.02
 
 
 class Broker:
@@ -133,8 +137,15 @@ class Broker:
             self.next_stats = now + self.bc.stats_interval
             status.log_stats(self.core, self.process)
         self.core.tick(now)
-        self.core.processes_exited(self.supervisor.poll(now), now)
+        self._reap(now)
         self._flush()
+
+    def _reap(self, now: float) -> None:
+        """Tell the core at once about worker processes that exited (and restart them)."""
+        exited = self.supervisor.poll(now)
+        if exited:
+            self.core.processes_exited(exited, now)
+            self._flush()
 
     def status(self) -> dict[str, Any]:
         return status.build(self.core, time.monotonic())
@@ -154,13 +165,15 @@ class Broker:
         poller.register(self.clients, zmq.POLLIN)
         poller.register(self.workers_sock, zmq.POLLIN)
         tick_every = self.bc.heartbeat_interval / 2
-        next_tick = time.monotonic()
+        next_tick = next_exit_check = time.monotonic()
+        # With local workers to watch, wake often enough to notice an exit within ~EXIT_CHECK.
+        max_wait = 50 if self.supervisor.managed else 200
         core = self.core
         try:
             while not self.stop_event.is_set():
                 now = time.monotonic()
                 wait = min(next_tick, core.wake_at) - now
-                events = dict(poller.poll(max(0, min(int(wait * 1000) + 1, 200))))
+                events = dict(poller.poll(max(0, min(int(wait * 1000) + 1, max_wait))))
                 if self.workers_sock in events:
                     self._drain(WORKER)
                 if self.clients in events:
@@ -169,6 +182,9 @@ class Broker:
                 if now >= next_tick:
                     self._tick(now)
                     next_tick = now + tick_every
+                if now >= next_exit_check:
+                    next_exit_check = now + EXIT_CHECK
+                    self._reap(now)
                 if core.needs_dispatch or now >= core.wake_at:
                     core.dispatch_pending(now)
                     self._flush()

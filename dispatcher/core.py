@@ -90,7 +90,8 @@ class BrokerCore:
             self.workers,
             self.health,
             self.pacers,
-            retry_policy or RetryPolicy(bc.retry_base_delay, bc.retry_max_delay),
+            retry_policy
+            or RetryPolicy(bc.retry_base_delay, bc.retry_max_delay, max_lost=bc.max_worker_lost),
             self.log,
             self.catalog.cost,
         )
