@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 CHARS_PER_TOKEN = 4
@@ -55,19 +56,28 @@ def estimate(messages: Sequence[dict[str, Any]]) -> TokenCount:
     return TokenCount(tokens, False, "estimate")
 
 
-def tiktoken_count(model: str, messages: Sequence[dict[str, Any]]) -> TokenCount | None:
-    """OpenAI's count for `model` (text parts; 3 tokens per message + 3 to prime the reply,
-    as OpenAI's cookbook counts chat prompts), or None without tiktoken or its files."""
+@cache
+def _encoding(model: str) -> Any:
+    """tiktoken's encoding for `model`, or None (looked up once per model: a failed import
+    is not cached by Python, and the broker asks on every submit)."""
     try:
         import tiktoken
     except ImportError:
         return None
     try:
         try:
-            encoding = tiktoken.encoding_for_model(model)
+            return tiktoken.encoding_for_model(model)
         except KeyError:
-            encoding = tiktoken.get_encoding("o200k_base")
+            return tiktoken.get_encoding("o200k_base")
     except Exception:  # no cached encoding file and no network: not exact, say so
+        return None
+
+
+def tiktoken_count(model: str, messages: Sequence[dict[str, Any]]) -> TokenCount | None:
+    """OpenAI's count for `model` (text parts; 3 tokens per message + 3 to prime the reply,
+    as OpenAI's cookbook counts chat prompts), or None without tiktoken or its files."""
+    encoding = _encoding(model)
+    if encoding is None:
         return None
     texts, images = _texts(messages)
     if images:
