@@ -30,6 +30,9 @@ from workers.http import HttpBackend, Malformed, StreamError, _shape_checked
 from workers.registry import backend_class
 from workers.spec import ProviderSpec
 
+# A pytest-timeout alarm inside a Hypothesis draw shows up as a confusing flaky-strategy
+# error, so these get room enough for a loaded machine.
+pytestmark = pytest.mark.timeout(900)
 SCALE = int(os.environ.get("FUZZ_SCALE", "1"))
 FUZZ = settings(
     max_examples=2000 * SCALE,
