@@ -22,7 +22,8 @@ import structlog
 
 from protocol.errors import ErrorCategory, ProviderError
 from protocol.job import Job
-from protocol.schema import Bool, Float, Key, Str
+from protocol.schema import Key
+from workers import options
 from workers.backend import MAX_MODEL_ID, MAX_MODELS, Backend, Finish, StreamEvent, TextDelta
 from workers.classify import MAX_MESSAGE, ErrorTable, classify, scrubbed
 from workers.decode import Event, Framing, StreamDecodeError, make_decoder
@@ -93,7 +94,11 @@ def _shape_checked(read: Callable[[Any], T], data: Any) -> T:
     """Run a provider's reader; JSON of an unexpected shape is the server's fault, not ours."""
     try:
         return read(data)
-    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+    except Malformed:
+        raise
+    # ValueError: e.g. dict.update() given a list where the format has an object (found by
+    # tests/test_fuzz.py); int() of a non-numeric string.
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
         raise Malformed(f"unexpected response shape ({type(exc).__name__}: {exc})") from None
 
 
@@ -169,17 +174,7 @@ class HttpBackend(Backend):
     models_path: ClassVar[str | None] = None
     models_params: ClassVar[Mapping[str, str]] = {}  # query of the first page
 
-    option_keys: ClassVar[Mapping[str, Key]] = {
-        "base_url": Str(),
-        "api_key": Str(secret=True),  # better given through api_key_env
-        "api_key_env": Str(),
-        "connect_timeout": Float(above=0),
-        "read_timeout": Float(above=0),
-        "write_timeout": Float(above=0),
-        "total_timeout": Float(above=0),
-        "drain_grace": Float(min=0),
-        "trust_env": Bool(),
-    }
+    option_keys: ClassVar[Mapping[str, Key]] = options.HTTP
 
     def __init__(self, spec: ProviderSpec) -> None:
         super().__init__(spec)
