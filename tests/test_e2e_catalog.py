@@ -333,3 +333,42 @@ def test_count_tokens_is_exact_where_the_provider_counts_and_flagged_where_not(
     assert oai["method"] in ("tiktoken", "estimate") and oai["exact"] == (
         oai["method"] == "tiktoken"
     )
+
+
+def test_live_capabilities_route_an_image_past_a_text_only_model(
+    broker_factory: Any, openrouter_fake: FakeServer, ollama_fake: FakeServer
+) -> None:
+    # What each model takes comes from the providers themselves: OpenRouter's list says
+    # text only (input_modalities), Ollama's /api/show lists "vision" for llava.
+    openrouter_fake.models.ids = ["vendor/text-only"]
+    ollama_fake.models.ids = ["llava:7b"]
+    ollama_fake.default = Reply(tokens=["a ", "cat"])
+    broker = start(
+        broker_factory,
+        {
+            "router": provider("openrouter", openrouter_fake),
+            "local": provider("ollama", ollama_fake),
+        },
+        {"images": ["router:vendor/text-only", "local:llava:7b"]},
+    )
+    image = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "what is this?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+            ],
+        }
+    ]
+    with broker.client() as client:
+        client.models(refresh=True)  # the live data is in before the job is submitted
+        result = client.complete(route="images", messages=image, timeout=JOB_TIMEOUT)
+    assert result.provider == "local" and result.text == "a cat"
+    assert result.skipped == [
+        {
+            "candidate": "router:vendor/text-only",
+            "reason": "router:vendor/text-only does not take images (no vision)",
+        }
+    ]
+    assert not openrouter_fake.requests  # nothing was sent to the text-only model
+    assert ollama_fake.requests[-1].json()["messages"][0]["images"] == ["iVBORw0KGgo="]
