@@ -23,20 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import zmq
-import zmq.asyncio
 
 from protocol import messages as m
 from protocol.errors import ErrorCategory, ProtocolViolation, ProviderError
 from protocol.job import Job, new_job_id
+from protocol.readiness import Readiness
 from protocol.results import Done, Event, Reset, Result, Token
-from protocol.transport import (
-    SocketOptions,
-    apply_client_curve,
-    drain,
-    send_fast,
-    shadow,
-    tune_socket,
-)
+from protocol.transport import SocketOptions, apply_client_curve, tune_socket
 from protocol.validate import need_id
 
 DEFAULT_ENDPOINT = os.environ.get("LLMRELAY_ENDPOINT", "tcp://127.0.0.1:5555")
@@ -128,9 +121,8 @@ class AsyncClient:
         self.heartbeat_interval = heartbeat_interval
         self.liveness = liveness
         self.socket_options = socket_options or SocketOptions.from_env()
-        self.ctx = zmq.asyncio.Context.instance()
-        self.sock: zmq.asyncio.Socket | None = None
-        self.raw: zmq.Socket[bytes]
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self.link: Readiness | None = None
         self.pending: dict[str, _Pending] = {}
         self.status_waiters: list[asyncio.Future[dict[str, Any]]] = []
         self.tasks: list[asyncio.Task[None]] = []
@@ -149,12 +141,12 @@ class AsyncClient:
     # --- connection ---------------------------------------------------------------------
 
     async def _ensure_started(self) -> None:
-        if self.sock is not None:
+        if self.link is not None:
             return
         if self._start_lock is None:
             self._start_lock = asyncio.Lock()
         async with self._start_lock:
-            if self.sock is None:
+            if self.link is None:
                 self._open()
                 self.tasks = [
                     asyncio.create_task(self._receiver()),
@@ -162,20 +154,19 @@ class AsyncClient:
                 ]
 
     def _open(self) -> None:
-        sock = self.ctx.socket(zmq.DEALER)
+        sock: zmq.Socket[bytes] = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.IDENTITY, b"c-" + secrets.token_hex(6).encode())
         tune_socket(sock, self.socket_options)
         apply_client_curve(sock, self.socket_options)
         sock.connect(self.endpoint)
-        self.sock = sock
-        self.raw = shadow(sock)
+        self.link = Readiness(sock)
         self.last_heard = time.monotonic()
 
     async def _reconnect(self) -> None:
         """The broker went silent: new socket, then resubmit every unfinished job by id."""
         self.reconnects += 1
-        assert self.sock is not None
-        self.sock.close(linger=0)
+        assert self.link is not None
+        self.link.close()
         self._open()
         for pending in list(self.pending.values()):
             if not pending.finished:
@@ -188,13 +179,14 @@ class AsyncClient:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self.tasks = []
-        if self.sock is not None:
-            self.sock.close(linger=0)
-            self.sock = None
+        if self.link is not None:
+            self.link.close()
+            self.link = None
 
     async def _send(self, msg: m.Message) -> None:
         await self._ensure_started()
-        await send_fast(self.sock, self.raw, [msg.encode()])
+        assert self.link is not None
+        await self.link.send([msg.encode()])
 
     async def _send_submit(self, pending: _Pending) -> None:
         await self._send(
@@ -220,11 +212,11 @@ class AsyncClient:
             if self.want_reconnect:
                 self.want_reconnect = False
                 await self._reconnect()
-            assert self.sock is not None
-            if not await self.sock.poll(100):
+            assert self.link is not None
+            if not await self.link.wait(zmq.POLLIN, 0.1):
                 continue
             self.last_heard = time.monotonic()
-            for frames in drain(self.raw):
+            for frames in self.link.drain():
                 try:
                     self._handle(frames)
                 except (ProtocolViolation, ValueError, KeyError, TypeError):

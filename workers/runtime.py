@@ -1,9 +1,11 @@
 """The worker process every backend shares: registration, heartbeats, concurrency, streaming.
 
 One asyncio loop, one DEALER socket to the broker, one task per job (never more than the
-broker's credit allows). All outgoing traffic goes through one sender task so a job's token
-frames always precede its done/failed message; text that arrives while a send is pending is
-merged into the next frame, so a fast backend produces fewer, larger frames.
+broker's credit allows). Outgoing traffic leaves in the order it is produced: a message is sent
+at once when nothing is queued before it; only while a send waits for room (the broker is slow)
+do messages queue for the sender task, and text of one job that queues then is merged into one
+frame. So streaming stays token by token, and a job's token frames always precede its
+done/failed message.
 """
 
 from __future__ import annotations
@@ -22,19 +24,12 @@ import anyio
 import psutil
 import structlog
 import zmq
-import zmq.asyncio
 
 from protocol import messages as m
 from protocol.errors import ErrorCategory, ProtocolViolation, ProviderError
 from protocol.job import Job
-from protocol.transport import (
-    SocketOptions,
-    apply_client_curve,
-    drain,
-    send_fast,
-    shadow,
-    tune_socket,
-)
+from protocol.readiness import Readiness
+from protocol.transport import SocketOptions, apply_client_curve, tune_socket
 from workers.backend import MAX_MODEL_ID, MAX_MODELS, Backend, Finish, TextDelta
 from workers.procutil import CONFIG_ERROR
 from workers.registry import backend_class
@@ -88,12 +83,12 @@ class WorkerRuntime:
         self.socket_options = socket_options or SocketOptions.from_env()
         self.backend = backend or backend_class(spec.kind)(spec)
         self.models = list(spec.models)  # what we register with: config plus live models
-        self.ctx = zmq.asyncio.Context.instance()
-        self.sock: zmq.asyncio.Socket | None = None
-        self.raw: zmq.Socket[bytes]
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self.link: Readiness | None = None
         self.running: dict[tuple[str, int], _Running] = {}
         self.outbox: deque[tuple[str, Any]] = deque()
         self.outbox_ready = asyncio.Event()
+        self.missed_wakeups = 0  # of closed sockets; see `stalls`
         self.last_heard = time.monotonic()
         self.reconnect_reason: str | None = None
         self.stopping = asyncio.Event()
@@ -105,17 +100,22 @@ class WorkerRuntime:
 
     # --- socket ---------------------------------------------------------------------------
 
+    @property
+    def stalls(self) -> int:
+        """Receive waits that timed out with a message waiting (lost wake-ups; should be 0)."""
+        return self.missed_wakeups + (self.link.missed if self.link is not None else 0)
+
     def _connect(self) -> None:
-        if self.sock is not None:
-            self.sock.close(linger=0)
-        sock = self.ctx.socket(zmq.DEALER)
+        if self.link is not None:
+            self.missed_wakeups += self.link.missed
+            self.link.close()
+        sock: zmq.Socket[bytes] = self.ctx.socket(zmq.DEALER)
         identity = f"{self.spec.name}-{os.getpid()}-{secrets.token_hex(3)}"
         sock.setsockopt(zmq.IDENTITY, identity.encode())
         tune_socket(sock, self.socket_options)
         apply_client_curve(sock, self.socket_options)
         sock.connect(self.endpoint)
-        self.sock = sock
-        self.raw = shadow(sock)
+        self.link = Readiness(sock)
         self.last_heard = time.monotonic()
         self.outbox.clear()  # messages for the old connection mean nothing to the new one
         self._post(
@@ -131,40 +131,61 @@ class WorkerRuntime:
         )
         self.log.info("worker_registering", endpoint=self.endpoint, identity=identity)
 
+    def _send_now(self, frames: list[bytes]) -> bool:
+        """Send at once if nothing is queued before it and the socket has room."""
+        if self.outbox or self.link is None:
+            return False
+        return self.link.try_send(frames)
+
     def _post(self, msg: m.Message) -> None:
-        self.outbox.append(("msg", [msg.encode()]))
-        self.outbox_ready.set()
+        frames = [msg.encode()]
+        if not self._send_now(frames):
+            self.outbox.append(("msg", frames))
+            self.outbox_ready.set()
 
     def _push_text(self, run: _Running, text: str) -> None:
-        if not run.buffer:
-            self.outbox.append(("tokens", run))
-            self.outbox_ready.set()
+        if run.buffer:  # a frame of this job is queued behind a blocked send: merge into it
+            run.buffer.append(text)
+            return
+        if self._send_now(self._token_frames(run, text)):
+            run.seq += 1
+            return
+        self.outbox.append(("tokens", run))
+        self.outbox_ready.set()
         run.buffer.append(text)
 
+    @staticmethod
+    def _token_frames(run: _Running, text: str) -> list[bytes]:
+        """The next token frame of `run` (the caller counts it in `run.seq` once it is sent)."""
+        header = m.Tokens(job_id=run.job.id, attempt=run.attempt, seq=run.seq)
+        return [header.encode(), text.encode("utf-8", "surrogatepass")]
+
     async def _sender(self) -> None:
+        """Sends what queued while the socket had no room, in order, merging text per job."""
         while True:
             if not self.outbox:
                 self.outbox_ready.clear()
                 await self.outbox_ready.wait()
                 continue
-            kind, item = self.outbox.popleft()
+            kind, item = self.outbox[0]
             if kind == "tokens":
                 run: _Running = item
-                text = "".join(run.buffer)
+                frames = self._token_frames(run, "".join(run.buffer))
+                run.seq += 1  # counted now: text arriving during the send goes in the next frame
                 run.buffer.clear()
-                header = m.Tokens(job_id=run.job.id, attempt=run.attempt, seq=run.seq)
-                run.seq += 1
-                frames = [header.encode(), text.encode("utf-8", "surrogatepass")]
             else:
                 frames = item
-            sock = self.sock
-            assert sock is not None
+            link = self.link
+            assert link is not None
             try:
-                await send_fast(sock, self.raw, frames)
+                await link.send(frames)
             except zmq.ZMQError:
-                if sock is self.sock:
+                if link is self.link:
                     raise
                 # replaced by a reconnect: the new broker does not know this message's job
+            # Popped only now so nothing is sent directly past a message still waiting here.
+            if self.outbox and self.outbox[0][1] is item:
+                self.outbox.popleft()
 
     # --- jobs -----------------------------------------------------------------------------
 
@@ -310,11 +331,11 @@ class WorkerRuntime:
                 self._drop_all(self.reconnect_reason)
                 self.reconnect_reason = None
                 self._connect()
-            assert self.sock is not None
-            if not await self.sock.poll(200):
+            assert self.link is not None
+            if not await self.link.wait(zmq.POLLIN, 0.2):
                 continue
             self.last_heard = time.monotonic()
-            for frames in drain(self.raw):
+            for frames in self.link.drain():
                 self._handle(frames)
 
     async def run(self) -> None:
@@ -349,8 +370,8 @@ class WorkerRuntime:
             for task in tasks:
                 task.cancel()
             await self.backend.close()
-            if self.sock is not None:
-                self.sock.close(linger=0)
+            if self.link is not None:
+                self.link.close()
 
     async def _discover_models(self) -> None:
         """Ask the backend once for its live model list; any failure keeps the config list."""
