@@ -28,6 +28,7 @@ from benchmarks.common import CpuMeter, Row, child, free_port, worker_pids
 from protocol import messages as m
 from protocol.client import build_job
 from protocol.job import Job
+from protocol.transport import SocketOptions, tune_socket
 from tests.harness import BrokerProcess
 
 
@@ -35,6 +36,8 @@ def relay(front: str, back: str) -> None:
     """Clients on `front`, workers on `back`; jobs go round-robin, replies go straight back."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     clients, workers = ctx.socket(zmq.ROUTER), ctx.socket(zmq.ROUTER)
+    for sock in (clients, workers):
+        tune_socket(sock, SocketOptions())  # the broker's limits: nothing dropped at the HWM
     clients.bind(front)
     workers.bind(back)
     ready: list[bytes] = []
@@ -61,6 +64,7 @@ def relay(front: str, back: str) -> None:
 
 def worker(connect: str, frames: int) -> None:
     sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+    tune_socket(sock, SocketOptions())
     sock.connect(connect)
     sock.send(b"ready")
     while True:
@@ -76,7 +80,7 @@ def drive(endpoint: str, jobs: int, window: int, submit: Any, kind: Any) -> tupl
     or anything else (not counted, e.g. the broker's acknowledgements).
     """
     sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
+    tune_socket(sock, SocketOptions())
     sock.connect(endpoint)
     try:
         started = time.perf_counter()
