@@ -1,4 +1,9 @@
-"""The `llmrelay` command: broker, worker, submit, status, tiny-model."""
+"""The `llmrelay` command: broker, worker, submit, status, keys, config, tiny-model.
+
+Exit codes: 0 success; 1 the job failed or the broker could not be reached (one line
+`error: <category>...`); 2 bad input or configuration (one line naming the field; argparse's
+usage errors too); 130 interrupted (Ctrl-C).
+"""
 
 from __future__ import annotations
 
@@ -7,21 +12,35 @@ import asyncio
 import json
 import os
 import sys
-from typing import Any
+import time
+from pathlib import Path
+from typing import Any, NoReturn
 
 from dispatcher.config import ConfigError, load_config
 from protocol import logs
-from protocol.client import DEFAULT_ENDPOINT, AsyncClient
-from protocol.errors import ProviderError
+from protocol.client import CONNECT_TIMEOUT, DEFAULT_ENDPOINT, AsyncClient
+from protocol.errors import ProtocolViolation, ProviderError
 from protocol.results import Done, Reset, Token
 from workers.registry import KINDS
 from workers.spec import ProviderSpec
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(ValueError):
+    """Bad command-line input; the text names the option."""
+
+
+def _configure_logs(args: argparse.Namespace, component: str) -> None:
+    if args.log_format:  # spawned workers inherit it through the environment
+        os.environ[logs.FORMAT_ENV] = args.log_format
+    logs.configure(args.log_level, component=component)
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
     from dispatcher.broker import Broker
 
-    logs.configure(args.log_level, component="broker")
+    _configure_logs(args, "broker")
     config = load_config(args.config)
     if args.client_endpoint:
         config.broker.client_endpoint = args.client_endpoint
@@ -44,32 +63,62 @@ def _worker_spec(args: argparse.Namespace) -> ProviderSpec:
         return config.providers[args.provider]
     if args.provider in KINDS:
         return ProviderSpec(name=args.provider, kind=args.provider)
-    raise ConfigError(f"provider {args.provider!r} is neither in the config nor a known kind")
+    raise ConfigError("--provider", f"{args.provider!r} is neither in the config nor a known kind")
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
     from workers.runtime import run_worker
 
-    logs.configure(args.log_level, component="worker")
+    _configure_logs(args, "worker")
     spec = _worker_spec(args)
     if args.capacity:
         spec.capacity = args.capacity
     return run_worker(spec, args.connect, heartbeat_interval=args.heartbeat_interval)
 
 
-async def _submit(args: argparse.Namespace) -> int:
-    params: dict[str, Any] = json.loads(args.params) if args.params else {}
+def read_prompt(value: str) -> str:
+    """The prompt argument: literal text, `-` for stdin, or `@path` for a file's contents."""
+    if value == "-":
+        return sys.stdin.read()
+    if value.startswith("@"):
+        path = Path(value[1:]).expanduser()
+        try:
+            return path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"prompt: cannot read {str(path)!r}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"prompt: {str(path)!r} is not UTF-8 text") from None
+    return value
+
+
+def parse_params(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        params = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--params: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(params, dict):
+        raise UsageError(f"--params: must be a JSON object, got {type(params).__name__}")
+    return params
+
+
+def _submit_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    params = parse_params(args.params)
     if args.max_tokens is not None:
         params["max_tokens"] = args.max_tokens
     target = {"model": args.model} if args.model else {"route": args.route or "default"}
-    async with AsyncClient(args.endpoint) as client:
-        kwargs: dict[str, Any] = {
-            **target,
-            "prompt": args.prompt,
-            "system": args.system,
-            "params": params,
-            "timeout": args.timeout,
-        }
+    return {
+        **target,
+        "prompt": read_prompt(args.prompt),
+        "system": args.system,
+        "params": params,
+        "timeout": args.timeout,
+    }
+
+
+async def _submit(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
+    async with AsyncClient(args.endpoint, **_client_options(args)) as client:
         if args.stream:
             async for event in client.stream(**kwargs):
                 if isinstance(event, Token):
@@ -96,38 +145,85 @@ async def _submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"connect_timeout": args.connect_timeout}
+
+
 def _cmd_submit(args: argparse.Namespace) -> int:
+    from protocol.client import build_job
+
+    kwargs = _submit_kwargs(args)
+    build_job(**{**kwargs, "params": dict(kwargs["params"])})  # bad input fails before connecting
     try:
-        return asyncio.run(_submit(args))
+        return asyncio.run(_submit(args, kwargs))
     except ProviderError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
 
 
-async def _status(args: argparse.Namespace) -> dict[str, Any]:
-    async with AsyncClient(args.endpoint) as client:
-        return await client.status(timeout=args.timeout)
-
-
-def _cmd_status(args: argparse.Namespace) -> int:
-    try:
-        status = asyncio.run(_status(args))
-    except ProviderError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(status, indent=2, default=str))
-        return 0
-    print(f"queued {status['queued']}  running {status['running']}  totals {status['totals']}")
+def status_table(status: dict[str, Any]) -> str:
+    lines = [f"queued {status['queued']}  running {status['running']}  totals {status['totals']}"]
     for w in status["workers"]:
         stats = w.get("stats") or {}
-        print(
+        lines.append(
             f"  worker {w['worker']:<28} {w['provider']:<12} pid {w['pid']:<7} "
             f"{w['inflight']}/{w['capacity']} rss {stats.get('rss', 0) // (1 << 20)} MiB"
         )
     for key, h in status["health"].items():
-        print(f"  health {key:<32} {h['state']:<9} circuit {h['circuit']}")
-    return 0
+        lines.append(f"  health {key:<32} {h['state']:<9} circuit {h['circuit']}")
+    return "\n".join(lines)
+
+
+def _show_status(args: argparse.Namespace, status: dict[str, Any]) -> None:
+    print(json.dumps(status, indent=2, default=str) if args.json else status_table(status))
+
+
+async def _status(args: argparse.Namespace) -> None:
+    async with AsyncClient(args.endpoint, **_client_options(args)) as client:
+        _show_status(args, await client.status(timeout=args.timeout))
+        while args.watch:  # a live table: redraw every interval until Ctrl-C
+            await asyncio.sleep(args.interval)
+            status = await client.status(timeout=args.timeout)
+            if sys.stdout.isatty():
+                sys.stdout.write("\x1b[H\x1b[2J")  # home + clear: redraw in place
+            else:
+                print(f"--- {time.strftime('%H:%M:%S')}")
+            _show_status(args, status)
+            sys.stdout.flush()
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    try:
+        asyncio.run(_status(args))
+    except ProviderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _cmd_keys_generate(args: argparse.Namespace) -> int:
+    from dispatcher.keys import ROLES, generate_keys
+
+    written = generate_keys(Path(args.dir))
+    print(f"wrote {len(written)} key files (mode 0600) to {args.dir}: {', '.join(ROLES)} pairs")
+    print(
+        "broker: curve_public_key = <broker.public>, curve_secret_key_env = a variable holding "
+        "<broker.secret>, curve_allowed_clients = [<client.public>, <worker.public>]"
+    )
+    print(
+        "client/worker: LLMRELAY_CURVE_SERVER_KEY=<broker.public>, "
+        "LLMRELAY_CURVE_PUBLIC_KEY=<its .public>, LLMRELAY_CURVE_SECRET_KEY=<its .secret>"
+    )
+    return EXIT_OK
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    from dispatcher.config import resolved
+
+    config = load_config(args.file)
+    print(json.dumps(resolved(config), indent=2))
+    print(f"config ok: {args.file}", file=sys.stderr)
+    return EXIT_OK
 
 
 def _cmd_tiny_model(args: argparse.Namespace) -> int:
@@ -138,10 +234,50 @@ def _cmd_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(kind: type[float] | type[int]) -> Any:
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            word = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"must be {word}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line (no usage block): `llmrelay submit: error: argument --timeout: ...`."""
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _add_keys_parser(sub: Any) -> None:
+    keys = sub.add_parser("keys", help="CURVE key pairs")
+    actions = keys.add_subparsers(dest="keys_command", required=True)
+    generate = actions.add_parser("generate", help="write broker/client/worker key pairs (0600)")
+    generate.add_argument("dir", help="directory to write into (created; files never overwritten)")
+    generate.set_defaults(func=_cmd_keys_generate)
+
+
+def _add_config_parser(sub: Any) -> None:
+    config = sub.add_parser("config", help="configuration files")
+    actions = config.add_subparsers(dest="config_command", required=True)
+    check = actions.add_parser("check", help="validate FILE and print it resolved, secrets masked")
+    check.add_argument("file")
+    check.set_defaults(func=_cmd_config_check)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llmrelay", description=__doc__)
+    parser = _Parser(prog="llmrelay", description=__doc__)
     parser.add_argument("--log-level", default=None, help="debug, info, warning (default info)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--log-format", choices=("json", "console"), help="json lines (default) or console text"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     broker = sub.add_parser("broker", help="run the broker and the local workers it supervises")
     broker.add_argument("--config", help="TOML file (default $LLMRELAY_CONFIG, else defaults)")
@@ -154,33 +290,50 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--provider", required=True, help="provider name in the config, or a kind")
     worker.add_argument("--connect", default="tcp://127.0.0.1:5556", help="broker worker endpoint")
     worker.add_argument("--config")
-    worker.add_argument("--capacity", type=int)
-    worker.add_argument("--heartbeat-interval", type=float, default=1.0)
+    worker.add_argument("--capacity", type=_positive(int))
+    worker.add_argument("--heartbeat-interval", type=_positive(float), default=1.0)
     worker.set_defaults(func=_cmd_worker)
 
     submit = sub.add_parser("submit", help="run one prompt through the broker")
-    submit.add_argument("prompt")
+    submit.add_argument("prompt", help="the prompt text, - to read stdin, or @FILE")
     target = submit.add_mutually_exclusive_group()
     target.add_argument("--model", help="provider:model, or a model name a provider lists")
     target.add_argument("--route", help="a route from the config (default: 'default')")
     submit.add_argument("--system")
     submit.add_argument("--stream", action="store_true")
-    submit.add_argument("--max-tokens", type=int)
+    submit.add_argument("--max-tokens", type=_positive(int))
     submit.add_argument("--params", help='canonical parameters as JSON, e.g. {"temperature":0}')
-    submit.add_argument("--timeout", type=float, default=300.0)
+    submit.add_argument(
+        "--timeout", type=_positive(float), default=300.0, help="the job's deadline (seconds)"
+    )
     submit.add_argument("--endpoint", default=DEFAULT_ENDPOINT)
+    _add_connect_timeout(submit)
     submit.set_defaults(func=_cmd_submit)
 
     status = sub.add_parser("status", help="workers, queues, health")
     status.add_argument("--json", action="store_true")
     status.add_argument("--endpoint", default=DEFAULT_ENDPOINT)
-    status.add_argument("--timeout", type=float, default=5.0)
+    status.add_argument("--timeout", type=_positive(float), default=5.0)
+    status.add_argument("--watch", action="store_true", help="redraw every --interval seconds")
+    status.add_argument("--interval", type=_positive(float), default=2.0)
+    _add_connect_timeout(status)
     status.set_defaults(func=_cmd_status)
 
     tiny = sub.add_parser("tiny-model", help="write a tiny random-weight GGUF (TEST model)")
     tiny.add_argument("path")
     tiny.set_defaults(func=_cmd_tiny_model)
+    _add_keys_parser(sub)
+    _add_config_parser(sub)
     return parser
+
+
+def _add_connect_timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--connect-timeout",
+        type=_positive(float),
+        default=CONNECT_TIMEOUT,
+        help=f"seconds to wait for a first answer from the broker (default {CONNECT_TIMEOUT:g})",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,7 +342,12 @@ def main(argv: list[str] | None = None) -> int:
         code: int = args.func(args)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except (UsageError, ProtocolViolation) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
     return code
 
 

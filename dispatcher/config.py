@@ -1,47 +1,73 @@
-"""The TOML configuration: broker settings, providers and routes. Unknown keys are errors."""
+"""The TOML configuration: broker settings, providers and routes.
+
+Every key is checked before anything starts (protocol/schema.py): its type, its range, and
+whether it exists at all (a typo gets a did-you-mean). A new setting is one new dataclass field
+(broker, provider) or one new entry in a key table (ROUTE_KEYS, a backend's `option_keys`);
+a new section is one entry in SECTIONS plus its parse step.
+"""
 
 from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from protocol.schema import (
+    ConfigError,
+    Key,
+    StrList,
+    Table,
+    check_table,
+    keys_of,
+    limits,
+    masked,
+    suggest,
+)
 from protocol.transport import SocketOptions
-from workers.registry import KINDS
+from workers.registry import KINDS, backend_class
 from workers.spec import ProviderSpec
 
 DEFAULT_CLIENT_ENDPOINT = "tcp://127.0.0.1:5555"
 DEFAULT_WORKER_ENDPOINT = "tcp://127.0.0.1:5556"
 
 
-class ConfigError(ValueError):
-    pass
+__all__ = ["ConfigError", "load_config", "parse_config"]
 
 
 @dataclass(slots=True)
 class BrokerConfig:
+    """[broker]: every field is a key; its annotation is the type and `limits` the range."""
+
     client_endpoint: str = DEFAULT_CLIENT_ENDPOINT
     worker_endpoint: str = DEFAULT_WORKER_ENDPOINT
     # address spawned workers connect to (default: the bound worker endpoint)
     worker_connect: str | None = None
-    max_queued: int = 100_000  # jobs waiting in the broker, all clients together
-    max_queued_per_client: int = 60_000
-    heartbeat_interval: float = 1.0
-    heartbeat_liveness: int = 3  # intervals of silence before a peer is declared dead
-    default_timeout: float = 3600.0  # deadline of a job that gives none
-    circuit_failures: int = 5  # consecutive failures that open a circuit
-    circuit_cooldown: float = 5.0  # first open period; doubles on each failed probe
-    circuit_max_cooldown: float = 120.0
-    retry_base_delay: float = 0.25
-    retry_max_delay: float = 10.0
-    restart_backoff: float = 0.5
-    restart_backoff_max: float = 30.0
-    flap_restarts: int = 5  # restarts within flap_window that stop the supervisor trying
-    flap_window: float = 60.0
-    finished_cache: int = 20_000  # finished jobs remembered for idempotent resubmission
-    stats_interval: float = 15.0  # seconds between broker_stats log lines
+    # jobs waiting in the broker, all clients together / per client
+    max_queued: int = field(default=100_000, metadata=limits(min=1))
+    max_queued_per_client: int = field(default=60_000, metadata=limits(min=1))
+    heartbeat_interval: float = field(default=1.0, metadata=limits(above=0, max=3600))
+    # intervals of silence before a peer is declared dead
+    heartbeat_liveness: int = field(default=3, metadata=limits(min=1, max=1000))
+    # deadline of a job that gives none
+    default_timeout: float = field(default=3600.0, metadata=limits(above=0))
+    # consecutive failures that open a circuit
+    circuit_failures: int = field(default=5, metadata=limits(min=1))
+    # first open period; doubles on each failed probe
+    circuit_cooldown: float = field(default=5.0, metadata=limits(min=0))
+    circuit_max_cooldown: float = field(default=120.0, metadata=limits(min=0))
+    retry_base_delay: float = field(default=0.25, metadata=limits(min=0))
+    retry_max_delay: float = field(default=10.0, metadata=limits(min=0))
+    restart_backoff: float = field(default=0.5, metadata=limits(min=0))
+    restart_backoff_max: float = field(default=30.0, metadata=limits(min=0))
+    # restarts within flap_window that stop the supervisor trying
+    flap_restarts: int = field(default=5, metadata=limits(min=1))
+    flap_window: float = field(default=60.0, metadata=limits(above=0))
+    # finished jobs remembered for idempotent resubmission
+    finished_cache: int = field(default=20_000, metadata=limits(min=0))
+    # seconds between broker_stats log lines
+    stats_interval: float = field(default=15.0, metadata=limits(above=0))
     # CURVE (optional): Z85 keys; secrets are better given through the environment
     curve_public_key: str | None = None
     curve_secret_key_env: str | None = None  # name of the env var holding the secret key
@@ -50,7 +76,10 @@ class BrokerConfig:
     def socket_options(self) -> SocketOptions:
         secret = os.environ.get(self.curve_secret_key_env) if self.curve_secret_key_env else None
         if self.curve_public_key and not secret:
-            raise ConfigError("curve_public_key is set but the secret key env var is empty")
+            raise ConfigError(
+                "broker.curve_secret_key_env",
+                f"curve_public_key is set but ${self.curve_secret_key_env or '(unset)'} is empty",
+            )
         return SocketOptions(server_public_key=self.curve_public_key, server_secret_key=secret)
 
 
@@ -68,47 +97,88 @@ def default_config() -> Config:
     return Config(providers={"mock": mock}, routes={"default": ["mock:echo"]})
 
 
-def _typed(cls: Any, data: dict[str, Any], where: str) -> dict[str, Any]:
-    known = {f.name: f for f in fields(cls)}
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in known:
-            raise ConfigError(f"{where}: unknown key {key!r}; known: {sorted(known)}")
-        out[key] = value
-    return out
+BROKER_KEYS = keys_of(BrokerConfig)
+PROVIDER_KEYS = keys_of(ProviderSpec, skip=("name",))
+ROUTE_KEYS: dict[str, Key] = {"candidates": StrList()}
+
+
+def _broker(data: Any) -> BrokerConfig:
+    values = check_table("broker", data, BROKER_KEYS)
+    if values.get("curve_allowed_clients") is not None and not values.get("curve_public_key"):
+        raise ConfigError("broker.curve_allowed_clients", "needs broker.curve_public_key too")
+    return BrokerConfig(**values)
+
+
+def _provider(name: str, data: Any) -> ProviderSpec:
+    where = f"providers.{name}"
+    values = check_table(where, data, PROVIDER_KEYS)
+    kind = values.setdefault("kind", name)  # a provider named after its kind needs no `kind`
+    if kind not in KINDS:
+        known = f"known: {', '.join(sorted(KINDS))}"
+        if "kind" not in data:
+            raise ConfigError(f"{where}.kind", f"missing ({name!r} is not a kind; {known})")
+        raise ConfigError(f"{where}.kind", f"{kind!r} unknown" + (suggest(kind, KINDS) or known))
+    check_table(f"{where}.options", values.get("options", {}), backend_class(kind).option_schema())
+    return ProviderSpec(name=name, **values)
+
+
+def _candidates(where: str, data: Any, providers: dict[str, ProviderSpec]) -> list[str]:
+    if isinstance(data, dict):
+        data = check_table(where, data, ROUTE_KEYS).get("candidates")
+        where += ".candidates"
+    problem = StrList().problem(data)
+    if problem is not None or not data:
+        raise ConfigError(where, problem or 'needs at least one "provider:model"')
+    for candidate in data:
+        provider, sep, model = candidate.partition(":")
+        if not sep or not provider or not model:
+            raise ConfigError(where, f'candidate {candidate!r} is not "provider:model"')
+        if provider not in providers:
+            raise ConfigError(
+                where,
+                f"candidate {candidate!r} names unknown provider {provider!r}"
+                + suggest(provider, providers),
+            )
+    return list(data)
+
+
+SECTIONS = ("broker", "providers", "routes")
 
 
 def parse_config(data: dict[str, Any], path: str | None = None) -> Config:
-    unknown = set(data) - {"broker", "providers", "routes"}
-    if unknown:
-        raise ConfigError(f"unknown top-level section(s) {sorted(unknown)}")
-    broker = BrokerConfig(**_typed(BrokerConfig, data.get("broker", {}), "[broker]"))
-    providers: dict[str, ProviderSpec] = {}
-    for name, raw in (data.get("providers") or {}).items():
-        if not isinstance(raw, dict):
-            raise ConfigError(f"[providers.{name}] must be a table")
-        values = _typed(ProviderSpec, raw, f"[providers.{name}]")
-        values.pop("name", None)
-        kind = values.setdefault("kind", name)
-        if kind not in KINDS:
-            raise ConfigError(f"[providers.{name}] kind {kind!r} unknown; known: {sorted(KINDS)}")
-        if int(values.get("capacity", 1)) < 1:
-            raise ConfigError(f"[providers.{name}] capacity must be >= 1")
-        providers[name] = ProviderSpec(name=name, **values)
-    routes: dict[str, list[str]] = {}
-    for name, raw in (data.get("routes") or {}).items():
-        candidates = raw.get("candidates") if isinstance(raw, dict) else raw
-        if not isinstance(candidates, list) or not all(isinstance(c, str) for c in candidates):
-            raise ConfigError(f'[routes.{name}] needs candidates = ["provider:model", ...]')
-        for candidate in candidates:
-            provider = candidate.partition(":")[0]
-            if provider not in providers:
-                raise ConfigError(f"[routes.{name}] names unknown provider {provider!r}")
-        routes[name] = list(candidates)
-    if not providers:
-        defaults = default_config()
-        providers, routes = defaults.providers, routes or defaults.routes
+    """The checked configuration; the first bad key raises ConfigError naming it (and the file)."""
+    try:
+        check_table("", data, dict.fromkeys(SECTIONS, Table()))
+        broker = _broker(data.get("broker", {}))
+        providers = {name: _provider(name, raw) for name, raw in data.get("providers", {}).items()}
+        if not providers:
+            providers = default_config().providers
+        routes = {
+            name: _candidates(f"routes.{name}", raw, providers)
+            for name, raw in data.get("routes", {}).items()
+        }
+        if not data.get("providers") and not routes:
+            routes = default_config().routes
+    except ConfigError as exc:
+        raise exc.in_file(path) from None
     return Config(broker=broker, providers=providers, routes=routes, path=path)
+
+
+def resolved(config: Config) -> dict[str, Any]:
+    """The configuration as it will run (defaults filled in, secrets masked), for printing."""
+    return {
+        "broker": masked(asdict(config.broker), BROKER_KEYS),
+        "providers": {
+            name: masked(
+                {
+                    **{k: v for k, v in asdict(spec).items() if k not in ("name", "options")},
+                    "options": masked(spec.options, backend_class(spec.kind).option_schema()),
+                }
+            )
+            for name, spec in config.providers.items()
+        },
+        "routes": {name: {"candidates": list(c)} for name, c in config.routes.items()},
+    }
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
@@ -119,8 +189,10 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     file = Path(chosen)
     try:
         data = tomllib.loads(file.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {file} does not exist") from None
+    except OSError as exc:
+        raise ConfigError("", f"cannot read: {exc.strerror or exc}", str(file)) from None
+    except UnicodeDecodeError:
+        raise ConfigError("", "is not UTF-8 text", str(file)) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {file}: {exc}") from None
+        raise ConfigError("", f"not valid TOML: {exc}", str(file)) from None
     return parse_config(data, str(file))

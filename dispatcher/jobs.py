@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from dispatcher.routing import Candidate
+from protocol.errors import ErrorCategory, ProviderError
 from protocol.job import Job
 
 
@@ -55,7 +55,7 @@ class JobState:
     excluded: set[str] = field(default_factory=set)  # providers that must not be tried again
     avoid_until: dict[str, float] = field(default_factory=dict)  # provider -> retry time
     last_error: dict[str, Any] | None = None
-    submitted: float = field(default_factory=time.monotonic)
+    submitted: float = 0.0  # broker clock when accepted (the core passes `now` in)
     dispatched_at: float = 0.0
     first_token_at: float | None = None
     est_tokens: float = 0.0
@@ -66,3 +66,17 @@ class JobState:
     @property
     def id(self) -> str:
         return self.job.id
+
+    def final_error(self, why: str) -> ProviderError:
+        """The error the caller sees when this job ends unfinished: its last failure, and why."""
+        last = self.last_error or {}
+        category = last.get("category", ErrorCategory.NO_PROVIDER.value)
+        message = str(last.get("message") or "no candidate available")
+        return ProviderError(
+            category,
+            f"{message} ({why})",
+            provider=last.get("provider"),
+            status_code=last.get("status_code"),
+            retry_after=last.get("retry_after"),
+            attempts=self.trail,
+        )

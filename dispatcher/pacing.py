@@ -73,6 +73,13 @@ class Pacer:
             self.tokens.refill(now)
             self.tokens.level -= min(tokens, self.tokens.per_minute)
 
+    def settle(self, estimated: float, used: float) -> None:
+        """Replace the estimate `take` charged at dispatch by the tokens actually `used`."""
+        if self.tokens is not None:
+            bucket = self.tokens
+            charged = min(estimated, bucket.per_minute)  # what take() charged
+            bucket.level = min(bucket.per_minute, bucket.level - (used - charged))
+
     def pause(self, until: float) -> None:
         self.paused_until = max(self.paused_until, until)
 

@@ -19,6 +19,18 @@ class Candidate:
         return f"{self.provider}:{self.model}"
 
 
+def _candidate(route: str, name: str, config: Config) -> Candidate:
+    """One route entry; config files are checked at load, but a Config built in code is not."""
+    provider, sep, model = name.partition(":")
+    if not sep or not model or provider not in config.providers:
+        raise ProviderError(
+            ErrorCategory.INVALID_REQUEST,
+            f"route {route!r} has a bad candidate {name!r}: not 'provider:model' naming one of "
+            f"the configured providers {sorted(config.providers)}",
+        )
+    return Candidate(provider, model)
+
+
 def _chain(
     job: Job, config: Config, serves: Callable[[str, str], bool] | None = None
 ) -> list[Candidate]:
@@ -29,7 +41,7 @@ def _chain(
                 ErrorCategory.INVALID_REQUEST,
                 f"unknown route {job.route!r}; known: {sorted(config.routes)}",
             )
-        return [Candidate(*name.split(":", 1)) for name in names]
+        return [_candidate(job.route, name, config) for name in names]
     assert job.model is not None
     provider, sep, model = job.model.partition(":")
     if sep and provider in config.providers:

@@ -33,6 +33,12 @@ from protocol.transport import SocketOptions, apply_client_curve, tune_socket
 from protocol.validate import need_id
 
 DEFAULT_ENDPOINT = os.environ.get("LLMRELAY_ENDPOINT", "tcp://127.0.0.1:5555")
+# Seconds a call waits for the first word from a broker before failing broker_unreachable.
+# ZeroMQ connects lazily and silently, so without it a client with no broker waits forever.
+CONNECT_TIMEOUT = 5.0
+# A job that has heard no final answer this long after its own timeout fails with `deadline`
+# on the client side (the broker's deadline normally fires first; this covers a lost broker).
+DEADLINE_GRACE = 10.0
 T = TypeVar("T")
 JOB_OPTIONS = ("stream", "timeout", "on_partial", "priority", "max_attempts", "metadata")
 
@@ -113,8 +119,13 @@ class AsyncClient:
         liveness: int = 5,
         socket_options: SocketOptions | None = None,
         name: str | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        deadline_grace: float = DEADLINE_GRACE,
     ) -> None:
         self.endpoint = endpoint
+        self.connect_timeout = connect_timeout
+        self.deadline_grace = deadline_grace
+        self.heard_broker = False  # any message from a broker since this client started
         # The broker queues fairly per name; one per client object unless the caller shares one.
         host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:60]
         self.name = need_id(name or f"{host}-{os.getpid()}-{secrets.token_hex(3)}", "client name")
@@ -216,6 +227,7 @@ class AsyncClient:
             if not await self.link.wait(zmq.POLLIN, 0.1):
                 continue
             self.last_heard = time.monotonic()
+            self.heard_broker = True
             for frames in self.link.drain():
                 try:
                     self._handle(frames)
@@ -272,6 +284,13 @@ class AsyncClient:
         pending = self.pending.get(job.id)
         if pending is None or pending.finished:
             pending = self.pending[job.id] = _Pending(job=job)
+        loop = asyncio.get_running_loop()
+        watchdogs = []
+        if not self.heard_broker:
+            watchdogs.append(loop.call_later(self.connect_timeout, self._unreachable, pending))
+        if job.timeout is not None:
+            later = job.timeout + self.deadline_grace
+            watchdogs.append(loop.call_later(later, self._overdue, pending))
         try:
             await self._send_submit(pending)
             while True:
@@ -282,11 +301,37 @@ class AsyncClient:
                 if isinstance(item, Done):
                     return
         finally:
+            for watchdog in watchdogs:
+                watchdog.cancel()
             if not pending.finished:  # the caller stopped listening: stop the work too
                 pending.finished = True
                 with contextlib.suppress(Exception):
                     await self._send(m.Cancel(job_id=job.id))
             self.pending.pop(job.id, None)
+
+    def unreachable_error(self, waited: float, job_id: str | None = None) -> ProviderError:
+        refused = " (or it refused this client's CURVE key)" if self.socket_options.curve else ""
+        return ProviderError(
+            ErrorCategory.BROKER_UNREACHABLE,
+            f"no broker answered at {self.endpoint} within {waited:g}s{refused}; start one with "
+            "`llmrelay broker`, or point --endpoint / LLMRELAY_ENDPOINT at a running one",
+            job_id=job_id,
+        )
+
+    def _unreachable(self, pending: _Pending) -> None:
+        if not self.heard_broker and not pending.finished:
+            pending.end(self.unreachable_error(self.connect_timeout, pending.job.id))
+
+    def _overdue(self, pending: _Pending) -> None:
+        if not pending.finished:
+            pending.end(
+                ProviderError(
+                    ErrorCategory.DEADLINE,
+                    f"no final answer within the job's timeout ({pending.job.timeout:g}s) plus "
+                    f"{self.deadline_grace:g}s; the broker at {self.endpoint} was lost",
+                    job_id=pending.job.id,
+                )
+            )
 
     def stream(self, **kwargs: Any) -> AsyncIterator[Event]:
         """Yield Token, Reset and finally Done events. Same arguments as `complete`."""
@@ -363,11 +408,15 @@ class AsyncClient:
         waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.status_waiters.append(waiter)
         await self._send(m.StatusQuery())
+        first = not self.heard_broker
+        wait = min(timeout, self.connect_timeout) if first else timeout
         try:
-            return await asyncio.wait_for(waiter, timeout)
+            return await asyncio.wait_for(waiter, wait)
         except TimeoutError:
+            if first and not self.heard_broker:
+                raise self.unreachable_error(wait) from None
             raise ProviderError(
-                ErrorCategory.NETWORK, f"no status reply from {self.endpoint}"
+                ErrorCategory.NETWORK, f"no status reply from {self.endpoint} within {wait:g}s"
             ) from None
         finally:
             if waiter in self.status_waiters:

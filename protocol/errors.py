@@ -25,6 +25,7 @@ class ErrorCategory(StrEnum):
     BROKER_BUSY = "broker_busy"
     NO_PROVIDER = "no_provider"
     WORKER_LOST = "worker_lost"
+    BROKER_UNREACHABLE = "broker_unreachable"  # client side: no broker answered in time
 
     @classmethod
     def parse(cls, value: object) -> ErrorCategory:
@@ -62,6 +63,7 @@ DISPOSITION: dict[ErrorCategory, Disposition] = {
     ErrorCategory.BROKER_BUSY: Disposition.FINAL,
     ErrorCategory.NO_PROVIDER: Disposition.FINAL,
     ErrorCategory.WORKER_LOST: Disposition.RETRY,
+    ErrorCategory.BROKER_UNREACHABLE: Disposition.FINAL,
 }
 
 # Failures that say something about the provider's health (they feed the circuit breaker).

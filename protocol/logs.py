@@ -1,4 +1,8 @@
-"""structlog set-up shared by the broker, the workers and the CLI: JSON lines on stderr."""
+"""structlog set-up shared by the broker, the workers and the CLI: JSON lines on stderr.
+
+`LLMRELAY_LOG_FORMAT=console` (or `llmrelay --log-format console`) prints aligned text for a
+person instead; spawned workers inherit the choice through the environment.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,17 @@ import sys
 
 import structlog
 
+FORMAT_ENV = "LLMRELAY_LOG_FORMAT"
+FORMATS = ("json", "console")
+
 
 def configure(level: str | None = None, *, component: str | None = None) -> None:
     """Configure once per process (cached loggers cannot cross process boundaries)."""
     name = (level or os.environ.get("LLMRELAY_LOG_LEVEL") or "info").upper()
+    console = os.environ.get(FORMAT_ENV, "json") == "console"
+    renderer: structlog.types.Processor = structlog.processors.JSONRenderer()
+    if console:
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
         cache_logger_on_first_use=True,
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, name, logging.INFO)),
@@ -19,8 +30,8 @@ def configure(level: str | None = None, *, component: str | None = None) -> None
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.dict_tracebacks,
-            structlog.processors.JSONRenderer(),
+            *(() if console else (structlog.processors.dict_tracebacks,)),
+            renderer,
         ],
         logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
     )

@@ -74,6 +74,10 @@ HTTP_ROWS: list[tuple[str, str, int, dict[str, str], Any, C, bool, float | None]
     ("anthropic-403", "anthropic", 403, {}, ant("permission_error", "no access"), C.PERMISSION, True, None),
     ("openrouter-402-credits", "openrouter", 402, {}, orr(402, "Insufficient credits. Add more using https://openrouter.ai/credits"), C.QUOTA_EXHAUSTED, True, None),
     ("anthropic-402-billing", "anthropic", 402, {}, ant("billing_error", "credit balance too low"), C.QUOTA_EXHAUSTED, True, None),
+    ("anthropic-400-credit-balance", "anthropic", 400, {}, ant("invalid_request_error", "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits."), C.QUOTA_EXHAUSTED, True, None),
+    ("openai-429-billing-not-active", "openai", 429, {}, oai("Your account is not active, please check your billing details on our website.", "billing_not_active", "billing_not_active"), C.QUOTA_EXHAUSTED, True, None),
+    ("openai-429-quota-proxied-no-codes", "openai", 429, {}, {"error": {"message": "You exceeded your current quota, please check your plan and billing details."}}, C.QUOTA_EXHAUSTED, True, None),
+    ("openrouter-402-afford", "openrouter", 402, {}, orr(402, "This request requires more credits, or fewer max_tokens. You requested up to 32000 tokens, but can only afford 27342. To increase, visit https://openrouter.ai/settings/credits and upgrade to a paid account", provider_name=None), C.QUOTA_EXHAUSTED, True, None),
     ("openai-404-model", "openai", 404, {}, oai("The model `gpt-4o` does not exist or you do not have access to it.", "invalid_request_error", "model_not_found"), C.NOT_FOUND, True, None),
     ("anthropic-404-model", "anthropic", 404, {}, ant("not_found_error", "model: claude-nope"), C.NOT_FOUND, True, None),
     ("ollama-404-model", "ollama", 404, {}, {"error": "model 'llama9' not found"}, C.NOT_FOUND, True, None),
@@ -138,6 +142,7 @@ STREAM_ROWS: list[tuple[str, str, Event, C, int | None]] = [
     ("anthropic-event-error", "anthropic", Event('{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}', event="error"), C.OVERLOADED, None),
     ("openrouter-error-chunk-numeric", "openrouter", Event('{"id":"gen-abc123","object":"chat.completion.chunk","model":"openai/gpt-4o","provider":"OpenAI","error":{"code":429,"message":"Rate limit exceeded","metadata":{"error_type":"rate_limit_exceeded"}},"choices":[{"index":0,"delta":{"content":""},"finish_reason":"error"}]}'), C.RATE_LIMITED, 429),
     ("openrouter-error-chunk-string", "openrouter", Event('{"id":"cmpl-abc123","provider":"openai","error":{"code":"server_error","message":"Provider disconnected unexpectedly"},"choices":[{"index":0,"delta":{"content":""},"finish_reason":"error"}]}'), C.SERVER_ERROR, None),
+    ("openrouter-error-chunk-credits", "openrouter", Event('{"id":"gen-1","object":"chat.completion.chunk","error":{"code":"payment","message":"This request requires more credits, or fewer max_tokens. You requested up to 4096 tokens, but can only afford 4000."},"choices":[{"index":0,"delta":{"content":""},"finish_reason":"error"}]}'), C.QUOTA_EXHAUSTED, None),
     ("ollama-error-line", "ollama", Event('{"error":"an error was encountered while running the model"}'), C.SERVER_ERROR, None),
     ("llama-data-error", "openai", Event('{"error":{"code":500,"message":"slot failed","type":"server_error"}}'), C.SERVER_ERROR, 500),
 ]

@@ -84,6 +84,15 @@ def start(
     return process
 
 
+def chain(broker_factory: Any, *members: tuple[str, FakeServer]) -> BrokerProcess:
+    """A broker whose route `chain` tries each (kind, fake) in order."""
+    return start(
+        broker_factory,
+        {kind: provider(kind, fake) for kind, fake in members},
+        {"chain": [f"{kind}:{MODEL[kind]}" for kind, _ in members]},
+    )
+
+
 def outcomes(attempts: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return [(a["provider"], a["outcome"]) for a in attempts]
 
@@ -248,14 +257,7 @@ def test_openai_quota_exhausted_fails_over_to_anthropic(
         )
     )
     anthropic_fake.default = Reply(tokens=["from ", "claude"])
-    broker = start(
-        broker_factory,
-        {
-            "openai": provider("openai", openai_fake),
-            "anthropic": provider("anthropic", anthropic_fake),
-        },
-        {"chain": ["openai:gpt-x", "anthropic:claude-x"]},
-    )
+    broker = chain(broker_factory, ("openai", openai_fake), ("anthropic", anthropic_fake))
     with broker.client() as client:
         result = client.complete(route="chain", prompt="x", timeout=JOB_TIMEOUT)
         assert result.text == "from claude" and result.provider == "anthropic"
@@ -272,6 +274,26 @@ def test_openai_quota_exhausted_fails_over_to_anthropic(
     assert len(openai_fake.requests) == 1 and len(anthropic_fake.requests) == 2
     assert [e["provider"] for e in broker.events("circuit_opened")][:1] == ["openai"]
     assert broker.events("failover")
+
+
+def test_anthropic_credit_balance_400_fails_over(
+    broker_factory: Any, openai_fake: FakeServer, anthropic_fake: FakeServer
+) -> None:
+    # Anthropic reports an empty prepaid balance as a 400 invalid_request_error, not a 402.
+    credit = (
+        "Your credit balance is too low to access the Anthropic API. "
+        "Please go to Plans & Billing to upgrade or purchase credits."
+    )
+    anthropic_fake.script(Reply(status=400, body=ant_error("invalid_request_error", credit)))
+    openai_fake.default = Reply(tokens=["from ", "gpt"])
+    broker = chain(broker_factory, ("anthropic", anthropic_fake), ("openai", openai_fake))
+    with broker.client() as client:
+        result = client.complete(route="chain", prompt="x", timeout=JOB_TIMEOUT)
+    assert result.text == "from gpt" and result.provider == "openai"
+    assert outcomes(result.attempts) == [("anthropic", "quota_exhausted"), ("openai", "ok")]
+    assert result.attempts[0]["status_code"] == 400
+    assert "credit balance is too low" in result.attempts[0]["message"]
+    assert len(anthropic_fake.requests) == 1
 
 
 def test_anthropic_529_overloaded_is_retried_after_retry_after_ms(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from protocol.job import PARAMS, Job
+from protocol.schema import Bool, Float, Key
 from workers.spec import ProviderSpec
 
 
@@ -52,6 +53,19 @@ class Backend(ABC):
     # The class value is what the broker assumes before a worker registers; an instance may
     # narrow or widen it in start() from what the server reports (e.g. llama.cpp vision).
     features: frozenset[str] = ALL_FEATURES
+    # The `[providers.X.options]` keys this class reads itself; `option_schema()` adds the
+    # inherited ones. The config rejects any other key, so every option read must be listed.
+    option_keys: ClassVar[Mapping[str, Key]] = {
+        "list_models": Bool(),  # ask the provider for its live model list at start
+        "list_models_timeout": Float(above=0),
+    }
+
+    @classmethod
+    def option_schema(cls) -> dict[str, Key]:
+        merged: dict[str, Key] = {}
+        for klass in reversed(cls.__mro__):
+            merged.update(getattr(klass, "option_keys", None) or {})
+        return merged
 
     def __init__(self, spec: ProviderSpec) -> None:
         self.spec = spec

@@ -22,6 +22,7 @@ import structlog
 
 from protocol.errors import ErrorCategory, ProviderError
 from protocol.job import Job
+from protocol.schema import Bool, Float, Key, Str
 from workers.backend import MAX_MODEL_ID, MAX_MODELS, Backend, Finish, StreamEvent, TextDelta
 from workers.classify import MAX_MESSAGE, ErrorTable, classify, scrubbed
 from workers.decode import Event, Framing, StreamDecodeError, make_decoder
@@ -159,6 +160,18 @@ class HttpBackend(Backend):
     # GET path of the provider's model list, relative to the base URL; None: not listed.
     models_path: ClassVar[str | None] = None
     models_params: ClassVar[Mapping[str, str]] = {}  # query of the first page
+
+    option_keys: ClassVar[Mapping[str, Key]] = {
+        "base_url": Str(),
+        "api_key": Str(secret=True),  # better given through api_key_env
+        "api_key_env": Str(),
+        "connect_timeout": Float(above=0),
+        "read_timeout": Float(above=0),
+        "write_timeout": Float(above=0),
+        "total_timeout": Float(above=0),
+        "drain_grace": Float(min=0),
+        "trust_env": Bool(),
+    }
 
     def __init__(self, spec: ProviderSpec) -> None:
         super().__init__(spec)

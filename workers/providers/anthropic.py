@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from protocol.errors import ErrorCategory as C
 from protocol.job import Job
+from protocol.schema import Int, Key, Str
 from workers.backend import Finish, TextDelta
 from workers.classify import ErrorTable
 from workers.decode import Event
@@ -44,6 +45,12 @@ ERRORS = ErrorTable(
         "timeout_error": C.NETWORK,
         "request_too_large": C.INVALID_REQUEST,
     },
+    phrases=(
+        # An exhausted prepaid balance arrives as a 400 invalid_request_error, not a 402:
+        # "Your credit balance is too low to access the Anthropic API. Please go to Plans &
+        # Billing to upgrade or purchase credits." Another provider may still serve the job.
+        ("credit balance is too low", C.QUOTA_EXHAUSTED),
+    ),
 )
 
 STOP_REASONS = {
@@ -231,6 +238,12 @@ class AnthropicBackend(HttpBackend):
 
     def auth_headers(self, key: str) -> dict[str, str]:
         return {"x-api-key": key}
+
+    option_keys: ClassVar[Mapping[str, Key]] = {
+        "anthropic_version": Str(),
+        "anthropic_beta": Str(),
+        "max_tokens": Int(min=1),  # Anthropic requires one; used when a job gives none
+    }
 
     def extra_headers(self) -> dict[str, str]:
         opts = self.spec.options

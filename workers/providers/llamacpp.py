@@ -23,10 +23,17 @@ import httpx
 
 from protocol.errors import ErrorCategory, ProviderError
 from protocol.job import Job
+from protocol.schema import Bool, Float, Key
 from workers.backend import StreamEvent
 from workers.http import unsupported
 from workers.llamacpp.binary import BinaryNotFound, find_llama_server
-from workers.llamacpp.server import LlamaServer, ServerConfig, ServerFailed, ServerState
+from workers.llamacpp.server import (
+    SERVER_OPTION_KEYS,
+    LlamaServer,
+    ServerConfig,
+    ServerFailed,
+    ServerState,
+)
 from workers.providers.openai import PASSTHROUGH, OpenAIBackend
 from workers.spec import ProviderSpec
 
@@ -50,6 +57,11 @@ class LlamaCppBackend(OpenAIBackend):
     features = frozenset(LLAMA_PASSTHROUGH) | {"max_tokens", "stop"}
     max_tokens_field = "max_tokens"
     max_stop = None
+    option_keys: ClassVar[Mapping[str, Key]] = {
+        **SERVER_OPTION_KEYS,
+        "ready_wait": Float(min=0),
+        "enable_tools": Bool(),
+    }
 
     def __init__(self, spec: ProviderSpec) -> None:
         # Always 127.0.0.1: an HTTP(S)_PROXY from the environment must not capture it.

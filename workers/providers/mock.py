@@ -19,11 +19,12 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, ClassVar
 
 from protocol.errors import ProviderError
 from protocol.job import Job
+from protocol.schema import Float, Int, Key, List, StrList
 from workers.backend import Backend, Finish, StreamEvent, TextDelta
 
 
@@ -50,6 +51,13 @@ def script_tokens(script: dict[str, Any], job: Job) -> list[str]:
 
 class MockBackend(Backend):
     kind = "mock"
+    option_keys: ClassVar[Mapping[str, Key]] = {
+        "tokens": StrList(),
+        "token_count": Int(min=0),
+        "first_token_delay": Float(min=0),
+        "token_delay": Float(min=0),
+        "fail": List(),
+    }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from protocol.errors import ErrorCategory as C
 from protocol.job import Job
+from protocol.schema import Either, Float, Int, Key, Str
 from workers.backend import Finish, TextDelta
 from workers.classify import ErrorTable
 from workers.decode import Event, Framing
@@ -169,6 +171,10 @@ class OllamaBackend(HttpBackend):
     errors = ERRORS
     # No tool_choice: Ollama cannot force or forbid a tool call.
     features = frozenset({*OPTIONS, "response_format", "tools", "vision"})
+    option_keys: ClassVar[Mapping[str, Key]] = {
+        "keep_alive": Either(Str(), Float()),  # "5m", or seconds (negative: keep loaded)
+        "num_ctx": Int(min=1),
+    }
 
     def __init__(self, spec: ProviderSpec) -> None:
         super().__init__(spec)

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from protocol.errors import ErrorCategory as C
 from protocol.job import Job
+from protocol.schema import Bool, Key, Str, Table
 from workers.backend import Finish, TextDelta
 from workers.classify import ErrorTable
 from workers.decode import Event
@@ -49,6 +50,7 @@ ERRORS = ErrorTable(
         "insufficient_quota": C.QUOTA_EXHAUSTED,  # a 429 that waiting will not fix
         "credit_balance_exhausted": C.QUOTA_EXHAUSTED,
         "billing_hard_limit_reached": C.QUOTA_EXHAUSTED,
+        "billing_not_active": C.QUOTA_EXHAUSTED,  # 429 "Your account is not active, ..."
         "rate_limit_exceeded": C.RATE_LIMITED,
         "context_length_exceeded": C.CONTEXT_LENGTH,
         "model_not_found": C.NOT_FOUND,
@@ -62,6 +64,11 @@ ERRORS = ErrorTable(
         "permission_error": C.PERMISSION,
         "not_found_error": C.NOT_FOUND,
     },
+    phrases=(
+        # The same quota 429s relayed by OpenAI-compatible proxies that drop code and type.
+        ("exceeded your current quota", C.QUOTA_EXHAUSTED),
+        ("account is not active, please check your billing", C.QUOTA_EXHAUSTED),
+    ),
 )
 
 
@@ -153,6 +160,14 @@ class OpenAIBackend(HttpBackend):
     max_tokens_field: ClassVar[str] = "max_completion_tokens"
     max_stop: ClassVar[int | None] = 4  # OpenAI accepts at most four stop strings
     include_usage: ClassVar[bool] = True  # ask for the usage chunk (stream_options)
+
+    option_keys: ClassVar[Mapping[str, Key]] = {
+        "organization": Str(),
+        "project": Str(),
+        "include_usage": Bool(),
+        "max_tokens_field": Str(choices=("max_completion_tokens", "max_tokens")),
+        "extra_body": Table(),
+    }
 
     def extra_headers(self) -> dict[str, str]:
         opts = self.spec.options

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from protocol.errors import ErrorCategory as C
 from protocol.job import Job
+from protocol.schema import Key, Str, Table
 from workers.classify import ErrorTable
 from workers.http import ErrorInfo, unsupported
 from workers.providers.openai import PASSTHROUGH, OpenAIBackend
@@ -54,6 +55,13 @@ ERRORS = ErrorTable(
         # string codes seen in mid-stream chunks
         "server_error": C.SERVER_ERROR,
     },
+    phrases=(
+        # 402 bodies, also seen inside 200 streams where no status tells them apart:
+        # "Insufficient credits. Add more using https://openrouter.ai/credits" and
+        # "This request requires more credits, or fewer max_tokens. ... can only afford N."
+        ("insufficient credits", C.QUOTA_EXHAUSTED),
+        ("requires more credits", C.QUOTA_EXHAUSTED),
+    ),
 )
 
 
@@ -80,6 +88,12 @@ class OpenRouterBackend(OpenAIBackend):
         if isinstance(links, dict) and links.get("next"):
             return {"limit": "1000", "offset": str(seen)}
         return None
+
+    option_keys: ClassVar[Mapping[str, Key]] = {
+        "provider": Table(),  # OpenRouter's provider routing preferences
+        "referer": Str(),
+        "title": Str(),
+    }
 
     def extra_headers(self) -> dict[str, str]:
         opts = self.spec.options

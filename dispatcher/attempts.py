@@ -1,0 +1,192 @@
+"""What the end of an attempt does: success settles the job, failure retries, fails over or ends it.
+
+Each outcome also feeds the circuit breakers and the pacers with what it says about the
+provider. Part of the broker core: no sockets, no clock (`now` comes in).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dispatcher.health import HealthBook
+from dispatcher.jobs import JobState, WorkerState
+from dispatcher.pacing import Pacer
+from dispatcher.retry import HOLD_SECONDS, MODEL_FAILURES, RetryPolicy, parse_retry_after
+from dispatcher.scheduling import Scheduler
+from dispatcher.worker_book import WorkerBook
+from protocol import messages as m
+from protocol.errors import HEALTH_FAILURES, ErrorCategory
+
+
+class AttemptOutcomes:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        workers: WorkerBook,
+        health: HealthBook,
+        pacers: dict[str, Pacer],
+        retry_policy: RetryPolicy,
+        log: Any,
+    ) -> None:
+        self.scheduler = scheduler
+        self.workers = workers
+        self.health = health
+        self.pacers = pacers
+        self.retry_policy = retry_policy
+        self.log = log
+
+    def _current(self, worker: WorkerState, job_id: str, attempt: int) -> JobState | None:
+        """The job this report is about, if it is still this worker's current attempt."""
+        js = worker.jobs.get(job_id)
+        if js is None or js.attempt != attempt:
+            return None  # a report of an attempt that was already abandoned
+        del worker.jobs[js.id]
+        js.worker = None
+        self.scheduler.dirty = True
+        return js
+
+    # --- success --------------------------------------------------------------------------
+
+    def done(self, worker: WorkerState, msg: m.Done, now: float) -> None:
+        js = self._current(worker, msg.job_id, msg.attempt)
+        if js is None:
+            return
+        assert js.candidate is not None
+        latency = now - js.dispatched_at
+        for entry in self.health.pair(js.candidate.provider, js.candidate.model):
+            if entry.record_success(latency):
+                self.log.info("circuit_closed", provider=entry.key)
+        self._learn_usage(js, msg.result)
+        self._learn_limits(js.candidate.provider, msg.result.get("ratelimit"), now)
+        js.trail.append(self._trail_entry(js, "ok"))
+        result = {
+            **msg.result,
+            "provider": js.candidate.provider,
+            "candidate": str(js.candidate),
+            "attempts": js.trail,
+            "skipped": js.skipped,
+            "latency": now - js.submitted,
+            "ttft": None if js.first_token_at is None else js.first_token_at - js.submitted,
+        }
+        done = m.Done(job_id=js.id, attempt=js.attempt, frames=msg.frames, result=result)
+        self.scheduler.finish(js, done, msg.frames)
+        self.scheduler.totals["done"] += 1
+        self.log.info(
+            "job_done",
+            job=js.id,
+            attempt=js.attempt,
+            provider=js.candidate.provider,
+            model=js.candidate.model,
+            frames=msg.frames,
+            latency=round(now - js.submitted, 4),
+        )
+
+    def _learn_usage(self, js: JobState, result: dict[str, Any]) -> None:
+        """Charge the tokens actually used to the provider's tokens-per-minute budget."""
+        assert js.candidate is not None
+        pacer = self.pacers.get(js.candidate.provider)
+        usage = result.get("usage") or {}
+        total = usage.get("total_tokens")
+        if pacer is not None and isinstance(total, int | float):
+            pacer.settle(js.est_tokens, float(total))
+
+    def _learn_limits(self, provider: str, limits: Any, now: float) -> None:
+        """Learn from the rate-limit headers a worker reported (absent for most providers)."""
+        pacer = self.pacers.get(provider)
+        if pacer is None or not limits or not isinstance(limits, dict):
+            return
+        inflight, inflight_tokens = self.workers.inflight(provider)
+        if pacer.learn(limits, now, inflight=inflight, inflight_tokens=inflight_tokens):
+            self.log.info("rate_limit_learned", provider=provider, **pacer.learned())
+
+    # --- failure --------------------------------------------------------------------------
+
+    def failed(self, worker: WorkerState, msg: m.Failed, now: float) -> None:
+        js = self._current(worker, msg.job_id, msg.attempt)
+        if js is not None:
+            self.attempt_failed(js, msg.error, now)
+
+    def _trail_entry(self, js: JobState, outcome: str, **extra: Any) -> dict[str, Any]:
+        assert js.candidate is not None
+        return {
+            "attempt": js.attempt,
+            "provider": js.candidate.provider,
+            "model": js.candidate.model,
+            "outcome": outcome,
+            **extra,
+        }
+
+    def attempt_failed(self, js: JobState, error: dict[str, Any], now: float) -> None:
+        category = ErrorCategory.parse(error.get("category"))
+        retry_after = parse_retry_after(error.get("retry_after"))
+        assert js.candidate is not None
+        provider, model = js.candidate.provider, js.candidate.model
+        js.trail.append(
+            self._trail_entry(
+                js,
+                category.value,
+                message=str(error.get("message", ""))[:500],
+                status_code=error.get("status_code"),
+                retry_after=retry_after,
+            )
+        )
+        js.last_error = {
+            **error,
+            "provider": provider,
+            "category": category.value,
+            "retry_after": retry_after,
+        }
+        self._learn_limits(provider, error.get("ratelimit"), now)
+        self._record_failure(provider, model, category, retry_after, now)
+        if js.finished:
+            return
+        decision = self.retry_policy.decide(
+            category,
+            attempt=js.attempt,
+            max_attempts=js.job.max_attempts,
+            voids_delivered_output=js.client_has_tokens,
+            on_partial=js.job.on_partial,
+            retry_after=retry_after,
+            tries_here=sum(1 for t in js.trail if t["provider"] == provider),
+        )
+        if decision.give_up is not None:
+            self.scheduler.fail(js, js.final_error(decision.give_up))
+            return
+        if decision.exclude:
+            js.excluded.add(provider)
+        else:
+            js.avoid_until[provider] = now + decision.delay
+        self.scheduler.totals["retries"] += 1
+        self.log.info(
+            "retry_scheduled",
+            job=js.id,
+            attempt=js.attempt,
+            category=category.value,
+            provider=provider,
+            delay=round(decision.delay, 3),
+            excluded=sorted(js.excluded),
+        )
+        self.scheduler.enqueue(js, front=True)
+
+    def _record_failure(
+        self,
+        provider: str,
+        model: str,
+        category: ErrorCategory,
+        retry_after: float | None,
+        now: float,
+    ) -> None:
+        """Feed the circuit breakers and the pacer with what this failure says."""
+        prov_health, pair_health = self.health.pair(provider, model)
+        if category in HEALTH_FAILURES or category in MODEL_FAILURES:
+            entries = [pair_health] if category in MODEL_FAILURES else [prov_health, pair_health]
+            for entry in entries:
+                if entry.record_failure(now, category.value, hold=HOLD_SECONDS.get(category)):
+                    self.log.warning(
+                        "circuit_opened", provider=entry.key, reopens_in=entry.cooldown
+                    )
+        else:
+            prov_health.release_probe()
+            pair_health.release_probe()
+        if category is ErrorCategory.RATE_LIMITED and provider in self.pacers:
+            self.pacers[provider].pause(now + (retry_after or 1.0))

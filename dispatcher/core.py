@@ -1,0 +1,315 @@
+"""The broker core: a state machine fed decoded messages and `now`, answering through an outbox.
+
+It holds no socket and reads no clock, so tests drive it in-process on a fake clock
+(tests/core_harness.py). The socket layer (dispatcher/broker.py) decodes what arrives, calls
+the entry points below (`client_message`, `worker_message`, `bad_message`, `tick`,
+`processes_exited`, `dispatch_pending`) and flushes `outbox`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol
+
+import structlog
+
+from dispatcher import status
+from dispatcher.attempts import AttemptOutcomes
+from dispatcher.config import Config
+from dispatcher.health import CircuitPolicy, HealthBook
+from dispatcher.jobs import JobState, WorkerState
+from dispatcher.outbox import WORKER, Outbox, Side
+from dispatcher.pacing import Pacer, estimate_tokens
+from dispatcher.retry import RetryPolicy
+from dispatcher.routing import resolve
+from dispatcher.scheduling import Scheduler
+from dispatcher.worker_book import WorkerBook
+from protocol import messages as m
+from protocol.errors import ErrorCategory, ProviderError
+from workers.registry import static_features
+
+log = structlog.get_logger("llmrelay.broker")
+
+REJECTED = "registration rejected"  # prefix a worker treats as fatal
+
+
+class ProcessControl(Protocol):
+    """What the core asks of whoever runs the local worker processes (the supervisor)."""
+
+    def mark_healthy(self, pid: int) -> None: ...
+
+    def kill(self, pid: int) -> bool: ...
+
+    def snapshot(self) -> list[dict[str, object]]: ...
+
+
+class BrokerCore:
+    def __init__(
+        self,
+        config: Config,
+        processes: ProcessControl,
+        now: float,
+        *,
+        endpoints: Mapping[str, str] | None = None,
+        retry_policy: RetryPolicy | None = None,
+    ) -> None:
+        self.config = config
+        self.bc = bc = config.broker
+        self.processes = processes
+        self.endpoints = dict(endpoints or {})  # shown in status
+        self.started = now
+        self.log = log.bind(component="broker")
+        self.outbox = Outbox()
+        self.workers = WorkerBook(
+            {name: static_features(spec.kind) for name, spec in config.providers.items()}
+        )
+        self.health = HealthBook(
+            CircuitPolicy(bc.circuit_failures, bc.circuit_cooldown, bc.circuit_max_cooldown)
+        )
+        self.pacers = {
+            name: Pacer(spec.rpm, spec.tpm, now) for name, spec in config.providers.items()
+        }
+        self.scheduler = Scheduler(
+            config, self.workers, self.health, self.pacers, self.outbox, self.log
+        )
+        self.outcomes = AttemptOutcomes(
+            self.scheduler,
+            self.workers,
+            self.health,
+            self.pacers,
+            retry_policy or RetryPolicy(bc.retry_base_delay, bc.retry_max_delay),
+            self.log,
+        )
+
+    # --- what the socket layer asks ----------------------------------------------------
+
+    @property
+    def jobs(self) -> dict[str, JobState]:
+        return self.scheduler.jobs
+
+    @property
+    def wake_at(self) -> float:
+        """When a waiting job may become dispatchable although nothing arrives (inf: never)."""
+        return self.scheduler.next_wake
+
+    @property
+    def needs_dispatch(self) -> bool:
+        return self.scheduler.dirty
+
+    def dispatch_pending(self, now: float) -> None:
+        self.scheduler.dispatch_pending(now)
+
+    # --- entry points -------------------------------------------------------------------
+
+    def bad_message(self, side: Side, identity: bytes, error: str, now: float) -> None:
+        """A peer sent something that does not decode: log it and tell the peer why."""
+        if side == WORKER:
+            worker = self.workers.get(identity)
+            if worker is not None:
+                worker.last_seen = now  # garbage still proves the peer is alive
+        self.log.warning(f"bad_{side}_message", error=error[:200])
+        reply = m.Error(message=f"protocol error: {error[:1000]}")
+        if side == WORKER:
+            self.outbox.to_worker(identity, reply)
+        else:
+            self.outbox.to_client(identity, reply)
+
+    def client_message(self, identity: bytes, msg: m.Message, now: float) -> None:
+        if isinstance(msg, m.Submit):
+            self._submit(identity, msg, now)
+        elif isinstance(msg, m.Ping):
+            self.outbox.to_client(identity, m.Pong())
+        elif isinstance(msg, m.Cancel):
+            self._cancel(msg.job_id)
+        elif isinstance(msg, m.StatusQuery):
+            self.outbox.to_client(identity, m.StatusReply(status=status.build(self, now)))
+        else:
+            error = m.Error(message=f"unexpected message type {msg.TYPE!r}")
+            self.outbox.to_client(identity, error)
+
+    def worker_message(
+        self, identity: bytes, msg: m.Message, payload: Sequence[object], now: float
+    ) -> None:
+        """`payload`: the frames after the routing id, as received (relayed as they are)."""
+        worker = self.workers.get(identity)
+        if worker is not None:
+            worker.last_seen = now
+        if isinstance(msg, m.Tokens):
+            if worker is not None and len(payload) == 2:
+                self._relay(worker, msg, payload, now)
+            return
+        if isinstance(msg, m.Ready):
+            self._register(identity, msg, now)
+            return
+        if worker is None:
+            # A worker the broker does not know (it restarted, or declared it dead).
+            reply = m.Disconnect(reason="unknown worker: register again")
+            self.outbox.to_worker(identity, reply)
+            return
+        if isinstance(msg, m.Heartbeat):
+            worker.stats = msg.stats
+        elif isinstance(msg, m.Done):
+            self.outcomes.done(worker, msg, now)
+        elif isinstance(msg, m.Failed):
+            self.outcomes.failed(worker, msg, now)
+        elif isinstance(msg, m.Disconnect):
+            worker.draining = True
+            self.log.info("worker_draining", worker=worker.label, provider=worker.provider)
+        elif not isinstance(msg, m.Pong):
+            error = m.Error(message=f"unexpected message type {msg.TYPE!r}")
+            self.outbox.to_worker(identity, error)
+
+    def tick(self, now: float) -> None:
+        """Periodic work: worker liveness (ping or declare lost) and job deadlines."""
+        cutoff = now - self.bc.heartbeat_interval * self.bc.heartbeat_liveness
+        for worker in self.workers:
+            if worker.last_seen < cutoff:
+                self._worker_lost(worker, "heartbeat timeout", now)
+            else:
+                self.outbox.to_worker(worker.identity, m.Ping())
+        self.scheduler.expire(now)
+
+    def processes_exited(self, pids: Iterable[int], now: float) -> None:
+        """The supervisor saw these worker processes exit."""
+        for worker in self.workers.with_pids(set(pids)):
+            self._worker_lost(worker, "process exited", now)
+
+    # --- client side --------------------------------------------------------------------
+
+    def _submit(self, identity: bytes, msg: m.Submit, now: float) -> None:
+        job = msg.job
+        js = self.scheduler.jobs.get(job.id)
+        if js is not None:
+            self._resubmitted(js, identity, msg)
+            return
+        cached = self.scheduler.finished.get(job.id)
+        if cached is not None and cached[1] in (None, msg.delivered):
+            self.outbox.frames_to_client(identity, cached[0])
+            return
+        # Fairness is per named client when it gives a name (stable across reconnects),
+        # else per connection.
+        owner = b"n:" + msg.client.encode() if msg.client else identity
+        queue = self.scheduler.queue
+        try:
+            if len(queue) >= self.bc.max_queued or (
+                queue.size_of(owner) >= self.bc.max_queued_per_client
+            ):
+                raise ProviderError(
+                    ErrorCategory.BROKER_BUSY,
+                    f"broker queue full ({len(queue)} waiting); retry later",
+                )
+            candidates, skipped = resolve(
+                job, self.config, self.workers.features_of, self.workers.serves
+            )
+        except ProviderError as exc:
+            self.log.info("job_rejected", job=job.id, category=exc.category.value, why=exc.message)
+            failed = m.Failed(job_id=job.id, attempt=0, error=exc.to_wire())
+            self.outbox.to_client(identity, failed)
+            return
+        timeout = job.timeout if job.timeout is not None else self.bc.default_timeout
+        js = JobState(
+            job=job,
+            client=identity,
+            owner=owner,
+            candidates=candidates,
+            skipped=skipped,
+            deadline=now + timeout,
+            attempt=msg.first_attempt - 1,
+            client_has_tokens=msg.delivered > 0,
+            est_tokens=estimate_tokens(job.prompt_chars(), job.params.get("max_tokens")),
+            submitted=now,
+        )
+        self.scheduler.admit(js)
+        names = [str(c) for c in candidates]
+        accepted = m.Accepted(job_id=job.id, candidates=names, skipped=skipped)
+        self.outbox.to_client(identity, accepted)
+        self.log.debug("job_accepted", job=job.id, candidates=names)
+
+    def _resubmitted(self, js: JobState, identity: bytes, msg: m.Submit) -> None:
+        """Same id again: the caller reconnected. Re-attach; restart if it missed frames."""
+        js.client = identity
+        names = [str(c) for c in js.candidates]
+        accepted = m.Accepted(job_id=js.id, candidates=names, skipped=js.skipped)
+        self.outbox.to_client(identity, accepted)
+        if js.worker is not None and msg.delivered != js.frames:
+            self.log.info("job_restarted_for_client", job=js.id, attempt=js.attempt)
+            self.scheduler.unassign(js, cancel=True)
+            js.client_has_tokens = msg.delivered > 0
+            js.attempt = max(js.attempt, msg.first_attempt - 1)
+            self.scheduler.enqueue(js, front=True)
+
+    def _cancel(self, job_id: str) -> None:
+        js = self.scheduler.jobs.get(job_id)
+        if js is not None:
+            cancelled = ProviderError(ErrorCategory.CANCELLED, "cancelled by the caller")
+            self.scheduler.abort(js, cancelled)
+
+    # --- worker side --------------------------------------------------------------------
+
+    def _register(self, identity: bytes, msg: m.Ready, now: float) -> None:
+        old = self.workers.get(identity)
+        if old is not None:
+            self._worker_lost(old, "worker registered again", now)
+        if msg.provider not in self.config.providers:
+            self.log.warning("worker_rejected", provider=msg.provider, reason="unknown provider")
+            reply = m.Error(message=f"{REJECTED}: unknown provider {msg.provider!r}")
+            self.outbox.to_worker(identity, reply)
+            return
+        worker = WorkerState(
+            identity=identity,
+            provider=msg.provider,
+            kind=msg.kind,
+            models=msg.models,
+            capacity=msg.capacity,
+            pid=msg.pid,
+            features=frozenset(msg.features),
+            info=msg.info,
+            last_seen=now,
+        )
+        self.workers.add(worker)
+        self.processes.mark_healthy(msg.pid)
+        self.scheduler.dirty = True
+        self.log.info(
+            "worker_ready",
+            worker=worker.label,
+            provider=msg.provider,
+            kind=msg.kind,
+            capacity=msg.capacity,
+            pid=msg.pid,
+        )
+
+    def _relay(
+        self, worker: WorkerState, msg: m.Tokens, payload: Sequence[object], now: float
+    ) -> None:
+        js = worker.jobs.get(msg.job_id)
+        if js is None or js.attempt != msg.attempt:
+            return  # a frame of an attempt that was already abandoned
+        if js.first_token_at is None:
+            js.first_token_at = now
+        js.frames += 1
+        # The caller now holds output a retry would void. If it is gone or too slow the send
+        # is dropped; it resubmits with its own frame count and the attempt restarts then.
+        js.client_has_tokens = True
+        self.scheduler.totals["frames"] += 1
+        self.outbox.frames_to_client(js.client, payload)
+
+    def _worker_lost(self, worker: WorkerState, reason: str, now: float) -> None:
+        self.workers.remove(worker.identity)
+        self.log.warning(
+            "worker_lost",
+            worker=worker.label,
+            provider=worker.provider,
+            pid=worker.pid,
+            reason=reason,
+            jobs=len(worker.jobs),
+        )
+        self.outbox.to_worker(worker.identity, m.Disconnect(reason=reason))
+        if reason == "heartbeat timeout" and self.processes.kill(worker.pid):
+            self.log.warning("worker_killed_hung", worker=worker.label, pid=worker.pid)
+        for js in list(worker.jobs.values()):
+            js.worker = None
+            err = ProviderError(ErrorCategory.WORKER_LOST, f"worker {worker.label} lost: {reason}")
+            err.provider = worker.provider
+            self.outcomes.attempt_failed(js, err.to_wire(), now)
+        worker.jobs.clear()
+        self.scheduler.dirty = True

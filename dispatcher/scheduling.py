@@ -1,0 +1,207 @@
+"""The job table and the fair queue: which job runs where next, and how jobs end.
+
+Part of the broker core: no sockets (sends go to the outbox) and no clock (`now` comes in).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections import OrderedDict
+from typing import Any
+
+from dispatcher.config import Config
+from dispatcher.health import HealthBook
+from dispatcher.jobs import JobState, WorkerState
+from dispatcher.outbox import Outbox
+from dispatcher.pacing import Pacer
+from dispatcher.queues import FairQueue
+from dispatcher.routing import Candidate
+from dispatcher.worker_book import WorkerBook
+from protocol import messages as m
+from protocol.errors import ErrorCategory, ProviderError
+
+
+class Scheduler:
+    def __init__(
+        self,
+        config: Config,
+        workers: WorkerBook,
+        health: HealthBook,
+        pacers: dict[str, Pacer],
+        outbox: Outbox,
+        log: Any,
+    ) -> None:
+        self.bc = config.broker
+        self.workers = workers
+        self.health = health
+        self.pacers = pacers
+        self.outbox = outbox
+        self.log = log
+        self.jobs: dict[str, JobState] = {}
+        self.queue: FairQueue[JobState] = FairQueue()
+        self.deadlines: list[tuple[float, int, str]] = []
+        self.counter = itertools.count()
+        # Finished jobs' encoded outcome and frame count, for idempotent resubmission.
+        self.finished: OrderedDict[str, tuple[list[bytes], int | None]] = OrderedDict()
+        self.totals = {"submitted": 0, "done": 0, "failed": 0, "retries": 0, "frames": 0}
+        self.next_wake = math.inf  # when a waiting job's earliest candidate becomes ready
+        self.dirty = False  # something changed that may let a queued job go
+
+    # --- admitting and queueing ---------------------------------------------------------
+
+    def admit(self, js: JobState) -> None:
+        self.jobs[js.id] = js
+        self.totals["submitted"] += 1
+        heapq.heappush(self.deadlines, (js.deadline, next(self.counter), js.id))
+        self.enqueue(js)
+
+    def enqueue(self, js: JobState, *, front: bool = False) -> None:
+        js.queued = True
+        self.queue.push(js.owner, js.job.priority, js, front=front)
+        self.dirty = True
+
+    # --- dispatch -----------------------------------------------------------------------
+
+    def dispatch_pending(self, now: float) -> None:
+        self.dirty = False
+        self.next_wake = math.inf
+        if not self.queue:
+            return
+        for js in self.queue.rounds(lambda js: self._try_dispatch(js, now)):
+            js.queued = False
+
+    def _try_dispatch(self, js: JobState, now: float) -> bool:
+        """Dispatch or settle `js` now (True: leave the queue) or leave it waiting (False)."""
+        earliest = math.inf
+        viable = False
+        unserved = True  # no candidate provider has a registered worker
+        for cand in js.candidates:
+            if cand.provider in js.excluded:
+                continue
+            viable = True
+            prov_health, pair_health = self.health.pair(cand.provider, cand.model)
+            ready = max(
+                js.avoid_until.get(cand.provider, 0.0),
+                prov_health.ready_at(),
+                pair_health.ready_at(),
+            )
+            pacer = self.pacers.get(cand.provider)
+            if pacer is not None:
+                ready = max(ready, now + pacer.wait_for(js.est_tokens, now))
+            if ready > now:
+                earliest = min(earliest, ready)
+                continue
+            best = self.workers.most_free(cand.provider)
+            if best is None:
+                continue  # nobody serves it right now: fall through the chain
+            unserved = False
+            if not (prov_health.allows(now) and pair_health.allows(now)):
+                continue  # a half-open probe is in flight; its outcome wakes us
+            if best.free <= 0:
+                return False  # busy, not broken: wait for capacity, keep the preference order
+            self._dispatch(js, cand, best, now)
+            return True
+        if not viable:
+            self.fail(js, js.final_error("every candidate failed"))
+            return True
+        if unserved and earliest == math.inf and not js.waiting_logged:
+            js.waiting_logged = True  # once per job: it waits for a worker to register
+            self.log.warning(
+                "job_waiting_for_worker", job=js.id, candidates=[str(c) for c in js.candidates]
+            )
+        if earliest < math.inf:
+            if earliest > js.deadline:
+                self.fail(js, js.final_error("no candidate recovers before the deadline"))
+                return True
+            self.next_wake = min(self.next_wake, earliest)
+        return False
+
+    def _dispatch(self, js: JobState, cand: Candidate, worker: WorkerState, now: float) -> None:
+        previous = js.candidate
+        js.attempt += 1
+        if js.client_has_tokens:
+            reason = (js.last_error or {}).get("message") or "attempt restarted"
+            reset = m.Reset(job_id=js.id, attempt=js.attempt, reason=str(reason)[:500])
+            self.outbox.to_client(js.client, reset)
+            js.client_has_tokens = False
+        js.candidate = cand
+        js.worker = worker
+        js.frames = 0
+        js.dispatched_at = now
+        worker.jobs[js.id] = js
+        for entry in self.health.pair(cand.provider, cand.model):
+            if entry.on_dispatch(now):
+                self.log.info("circuit_half_open", provider=entry.key, job=js.id)
+        pacer = self.pacers.get(cand.provider)
+        if pacer is not None:
+            pacer.take(js.est_tokens, now)
+        if previous is not None and previous.provider != cand.provider:
+            self.log.info(
+                "failover", job=js.id, attempt=js.attempt, frm=str(previous), to=str(cand)
+            )
+        dispatch = m.Dispatch(job=js.job, attempt=js.attempt, model=cand.model)
+        self.outbox.to_worker(worker.identity, dispatch)
+        self.log.debug("job_dispatched", job=js.id, attempt=js.attempt, worker=worker.label)
+
+    def unassign(self, js: JobState, *, cancel: bool) -> None:
+        """Take `js` off its worker (telling the worker to stop when `cancel`)."""
+        worker = js.worker
+        if worker is None:
+            return
+        worker.jobs.pop(js.id, None)
+        js.worker = None
+        if js.candidate is not None:
+            for entry in self.health.pair(js.candidate.provider, js.candidate.model):
+                entry.release_probe()
+        if cancel:
+            self.outbox.to_worker(worker.identity, m.Cancel(job_id=js.id, attempt=js.attempt))
+        self.dirty = True
+
+    # --- ending jobs ----------------------------------------------------------------------
+
+    def abort(self, js: JobState, err: ProviderError) -> None:
+        """End a job wherever it is: waiting in a queue or running on a worker."""
+        if js.queued:
+            self.queue.remove(js.owner, js.job.priority, js)
+            js.queued = False
+        self.unassign(js, cancel=True)
+        self.fail(js, err)
+
+    def expire(self, now: float) -> None:
+        """Abort every job whose deadline has passed."""
+        while self.deadlines and self.deadlines[0][0] <= now:
+            _, _, job_id = heapq.heappop(self.deadlines)
+            js = self.jobs.get(job_id)
+            if js is None:
+                continue
+            err = ProviderError(ErrorCategory.DEADLINE, "job deadline passed")
+            if js.last_error:
+                err.message += f"; last error: {js.last_error.get('message')}"
+            self.abort(js, err)
+
+    def finish(self, js: JobState, msg: m.Message, frames: int | None) -> None:
+        js.finished = True
+        self.jobs.pop(js.id, None)
+        encoded = [msg.encode()]
+        self.finished[js.id] = (encoded, frames)
+        while len(self.finished) > self.bc.finished_cache:
+            self.finished.popitem(last=False)
+        self.outbox.frames_to_client(js.client, encoded)
+
+    def fail(self, js: JobState, err: ProviderError) -> None:
+        if js.finished:
+            return
+        err.attempts = js.trail
+        self.totals["failed"] += 1
+        self.log.info(
+            "job_failed",
+            job=js.id,
+            attempt=js.attempt,
+            category=err.category.value,
+            provider=err.provider,
+            message=err.message[:300],
+        )
+        self.finish(js, m.Failed(job_id=js.id, attempt=js.attempt, error=err.to_wire()), None)
+        self.dirty = True
