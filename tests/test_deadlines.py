@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+
+import pytest
+import structlog
+
 from dispatcher.deadlines import MIN_COMPACT, DeadlineHeap
+from protocol import messages as m
+from protocol.client import build_job
+from tests.core_harness import CoreHarness
 
 
 def test_heap_stays_small_after_100k_finished_jobs() -> None:
@@ -35,3 +44,31 @@ def test_only_live_jobs_expire_and_a_reused_id_keeps_its_own_deadline() -> None:
     del live["b"]
     assert list(heap.expired(60.0)) == ["a"]
     assert len(heap) == 0
+
+
+@pytest.fixture
+def quiet_logs() -> Iterator[None]:
+    """100k jobs' info lines would cost more than the jobs; warnings still show."""
+    old = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    yield
+    structlog.configure(**old)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.usefixtures("quiet_logs")
+def test_broker_deadline_heap_after_100k_finished_jobs() -> None:
+    """Through the broker core: finished jobs leave no deadline entries behind (flat memory)."""
+    h = CoreHarness({"p": {"kind": "mock", "models": ["m"]}})  # default one-hour deadlines
+    worker = h.worker("p", capacity=8)
+    core = h.core
+    for i in range(100_000):
+        job = build_job(model="p:m", prompt="x", job_id=f"job-{i}")
+        core.client_message(b"client-1", m.Submit(job=job), h.now)
+        core.dispatch_pending(h.now)
+        done = m.Done(job_id=job.id, attempt=1, frames=0)
+        core.worker_message(worker.identity, done, (), h.now)
+        core.outbox.take()
+    assert core.scheduler.totals["done"] == 100_000
+    assert not core.scheduler.jobs
+    assert len(core.scheduler.deadlines) <= MIN_COMPACT
