@@ -6,12 +6,14 @@ provider. Part of the broker core: no sockets, no clock (`now` comes in).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from dispatcher.health import HealthBook
 from dispatcher.jobs import JobState, WorkerState
 from dispatcher.pacing import Pacer
 from dispatcher.retry import HOLD_SECONDS, MODEL_FAILURES, RetryPolicy, parse_retry_after
+from dispatcher.routing import Candidate
 from dispatcher.scheduling import Scheduler
 from dispatcher.worker_book import WorkerBook
 from protocol import messages as m
@@ -27,6 +29,7 @@ class AttemptOutcomes:
         pacers: dict[str, Pacer],
         retry_policy: RetryPolicy,
         log: Any,
+        pricing: Callable[[Candidate, Any], dict[str, Any]],
     ) -> None:
         self.scheduler = scheduler
         self.workers = workers
@@ -34,6 +37,7 @@ class AttemptOutcomes:
         self.pacers = pacers
         self.retry_policy = retry_policy
         self.log = log
+        self.pricing = pricing  # candidate, usage -> {cost, cost_source} (the catalog)
 
     def _current(self, worker: WorkerState, job_id: str, attempt: int) -> JobState | None:
         """The job this report is about, if it is still this worker's current attempt."""
@@ -65,6 +69,8 @@ class AttemptOutcomes:
             "candidate": str(js.candidate),
             "attempts": js.trail,
             "skipped": js.skipped,
+            **js.notes,
+            **self.pricing(js.candidate, msg.result.get("usage")),
             "latency": now - js.submitted,
             "ttft": None if js.first_token_at is None else js.first_token_at - js.submitted,
         }

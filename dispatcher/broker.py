@@ -144,6 +144,7 @@ class Broker:
             providers=sorted(self.config.providers),
         )
         self.supervisor.start_all()
+        self.core.catalog.start()  # live discovery, on its own thread
         poller = zmq.Poller()
         poller.register(self.clients, zmq.POLLIN)
         poller.register(self.workers_sock, zmq.POLLIN)

@@ -1,4 +1,4 @@
-"""The `llmrelay` command: broker, worker, submit, status, keys, config, tiny-model.
+"""The `llmrelay` command: broker, worker, submit, status, models, keys, config, tiny-model.
 
 Exit codes: 0 success; 1 the job failed or the broker could not be reached (one line
 `error: <category>...`); 2 bad input or configuration (one line naming the field; argparse's
@@ -201,6 +201,28 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _models(args: argparse.Namespace) -> Any:
+    async with AsyncClient(args.endpoint, **_client_options(args)) as client:
+        return await client.models(
+            provider=args.provider,
+            capability=args.capability,
+            refresh=args.refresh,
+            timeout=args.timeout,
+        )
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from catalog.listing import render_models
+
+    try:
+        listing = asyncio.run(_models(args))
+    except ProviderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(listing, indent=2) if args.json else render_models(listing))
+    return EXIT_OK
+
+
 def _cmd_keys_generate(args: argparse.Namespace) -> int:
     from dispatcher.keys import ROLES, generate_keys
 
@@ -261,6 +283,20 @@ def _add_keys_parser(sub: Any) -> None:
     generate = actions.add_parser("generate", help="write broker/client/worker key pairs (0600)")
     generate.add_argument("dir", help="directory to write into (created; files never overwritten)")
     generate.set_defaults(func=_cmd_keys_generate)
+
+
+def _add_models_parser(sub: Any) -> None:
+    models = sub.add_parser("models", help="the catalog: models, capabilities, prices")
+    models.add_argument("--provider", help="only this configured provider")
+    models.add_argument(
+        "--capability", help="only models with it: vision, tools, json_object, json_schema, ..."
+    )
+    models.add_argument("--refresh", action="store_true", help="refetch live model data first")
+    models.add_argument("--json", action="store_true")
+    models.add_argument("--endpoint", default=DEFAULT_ENDPOINT)
+    models.add_argument("--timeout", type=_positive(float), default=60.0)
+    _add_connect_timeout(models)
+    models.set_defaults(func=_cmd_models)
 
 
 def _add_config_parser(sub: Any) -> None:
@@ -324,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.set_defaults(func=_cmd_tiny_model)
     _add_keys_parser(sub)
     _add_config_parser(sub)
+    _add_models_parser(sub)
     return parser
 
 

@@ -14,9 +14,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from catalog.capabilities import CatalogError
+from catalog.registry import check_overrides
 from protocol.schema import (
     ConfigError,
     Key,
+    Str,
     StrList,
     Table,
     check_table,
@@ -68,6 +71,9 @@ class BrokerConfig:
     finished_cache: int = field(default=20_000, metadata=limits(min=0))
     # seconds between broker_stats log lines
     stats_interval: float = field(default=15.0, metadata=limits(above=0))
+    # seconds a provider's live model facts (catalog discovery) stay fresh
+    catalog_ttl: float = field(default=3600.0, metadata=limits(above=0))
+    catalog_discovery: bool = True  # fetch live model facts from the providers at start
     # CURVE (optional): Z85 keys; secrets are better given through the environment
     curve_public_key: str | None = None
     curve_secret_key_env: str | None = None  # name of the env var holding the secret key
@@ -89,6 +95,7 @@ class Config:
     providers: dict[str, ProviderSpec] = field(default_factory=dict)
     routes: dict[str, list[str]] = field(default_factory=dict)
     path: str | None = None
+    strategies: dict[str, str] = field(default_factory=dict)  # route -> strategy, when set
 
 
 def default_config() -> Config:
@@ -99,7 +106,10 @@ def default_config() -> Config:
 
 BROKER_KEYS = keys_of(BrokerConfig)
 PROVIDER_KEYS = keys_of(ProviderSpec, skip=("name",))
-ROUTE_KEYS: dict[str, Key] = {"candidates": StrList()}
+# dispatcher.routing.STRATEGIES (routing imports this module, so the names are repeated
+# here; tests/test_catalog.py checks they agree)
+ROUTE_STRATEGIES = ("first_available", "first_healthy", "best_effort")
+ROUTE_KEYS: dict[str, Key] = {"candidates": StrList(), "strategy": Str(choices=ROUTE_STRATEGIES)}
 
 
 def _broker(data: Any) -> BrokerConfig:
@@ -119,7 +129,18 @@ def _provider(name: str, data: Any) -> ProviderSpec:
             raise ConfigError(f"{where}.kind", f"missing ({name!r} is not a kind; {known})")
         raise ConfigError(f"{where}.kind", f"{kind!r} unknown" + (suggest(kind, KINDS) or known))
     check_table(f"{where}.options", values.get("options", {}), backend_class(kind).option_schema())
+    try:
+        values["catalog"] = check_overrides(name, values.get("catalog", {}))
+    except CatalogError as exc:
+        raise ConfigError("", str(exc)) from None  # the message names the key
     return ProviderSpec(name=name, **values)
+
+
+def _strategy(where: str, data: Any) -> str | None:
+    if not isinstance(data, dict):
+        return None
+    strategy = check_table(where, data, ROUTE_KEYS).get("strategy")
+    return str(strategy) if strategy is not None else None
 
 
 def _candidates(where: str, data: Any, providers: dict[str, ProviderSpec]) -> list[str]:
@@ -157,11 +178,18 @@ def parse_config(data: dict[str, Any], path: str | None = None) -> Config:
             name: _candidates(f"routes.{name}", raw, providers)
             for name, raw in data.get("routes", {}).items()
         }
+        strategies = {
+            name: strategy
+            for name, raw in data.get("routes", {}).items()
+            if (strategy := _strategy(f"routes.{name}", raw)) is not None
+        }
         if not data.get("providers") and not routes:
             routes = default_config().routes
     except ConfigError as exc:
         raise exc.in_file(path) from None
-    return Config(broker=broker, providers=providers, routes=routes, path=path)
+    return Config(
+        broker=broker, providers=providers, routes=routes, path=path, strategies=strategies
+    )
 
 
 def resolved(config: Config) -> dict[str, Any]:
@@ -177,7 +205,13 @@ def resolved(config: Config) -> dict[str, Any]:
             )
             for name, spec in config.providers.items()
         },
-        "routes": {name: {"candidates": list(c)} for name, c in config.routes.items()},
+        "routes": {
+            name: {
+                "candidates": list(c),
+                "strategy": config.strategies.get(name, ROUTE_STRATEGIES[1]),
+            }
+            for name, c in config.routes.items()
+        },
     }
 
 

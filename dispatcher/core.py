@@ -15,6 +15,7 @@ import structlog
 
 from dispatcher import status
 from dispatcher.attempts import AttemptOutcomes
+from dispatcher.catalog_service import CatalogService
 from dispatcher.config import Config
 from dispatcher.health import CircuitPolicy, HealthBook
 from dispatcher.jobs import JobState, WorkerState
@@ -60,6 +61,9 @@ class BrokerCore:
         self.started = now
         self.log = log.bind(component="broker")
         self.outbox = Outbox()
+        # Knows every configured provider; its live discovery runs on a thread only once
+        # the socket layer calls catalog.start() (the core itself never fetches).
+        self.catalog = CatalogService(config, ttl=bc.catalog_ttl, discover=bc.catalog_discovery)
         self.workers = WorkerBook(
             {name: static_features(spec.kind) for name, spec in config.providers.items()}
         )
@@ -79,6 +83,7 @@ class BrokerCore:
             self.pacers,
             retry_policy or RetryPolicy(bc.retry_base_delay, bc.retry_max_delay),
             self.log,
+            self.catalog.cost,
         )
 
     # --- what the socket layer asks ----------------------------------------------------
@@ -123,6 +128,9 @@ class BrokerCore:
             self._cancel(msg.job_id)
         elif isinstance(msg, m.StatusQuery):
             self.outbox.to_client(identity, m.StatusReply(status=status.build(self, now)))
+        elif isinstance(msg, m.CatalogQuery):
+            reply_to = lambda reply: self.outbox.to_client(identity, reply)  # noqa: E731
+            self.catalog.ask(msg, reply_to, now, self._count_on)
         else:
             error = m.Error(message=f"unexpected message type {msg.TYPE!r}")
             self.outbox.to_client(identity, error)
@@ -152,6 +160,8 @@ class BrokerCore:
             self.outcomes.done(worker, msg, now)
         elif isinstance(msg, m.Failed):
             self.outcomes.failed(worker, msg, now)
+        elif isinstance(msg, m.TokenCount):
+            self.catalog.counted(msg)
         elif isinstance(msg, m.Disconnect):
             worker.draining = True
             self.log.info("worker_draining", worker=worker.label, provider=worker.provider)
@@ -168,6 +178,7 @@ class BrokerCore:
             else:
                 self.outbox.to_worker(worker.identity, m.Ping())
         self.scheduler.expire(now)
+        self.catalog.flush(now)  # `models --refresh` answers, overdue token counts
 
     def processes_exited(self, pids: Iterable[int], now: float) -> None:
         """The supervisor saw these worker processes exit."""
@@ -198,8 +209,12 @@ class BrokerCore:
                     ErrorCategory.BROKER_BUSY,
                     f"broker queue full ({len(queue)} waiting); retry later",
                 )
-            candidates, skipped = resolve(
-                job, self.config, self.workers.features_of, self.workers.serves
+            resolved = resolve(
+                job,
+                self.config,
+                self.catalog.catalog,
+                self.workers.serves,
+                self.workers.features_of,
             )
         except ProviderError as exc:
             self.log.info("job_rejected", job=job.id, category=exc.category.value, why=exc.message)
@@ -211,17 +226,22 @@ class BrokerCore:
             job=job,
             client=identity,
             owner=owner,
-            candidates=candidates,
-            skipped=skipped,
+            candidates=resolved.candidates,
+            skipped=resolved.skipped,
+            notes=resolved.notes(),
+            strategy=resolved.strategy,
             deadline=now + timeout,
             attempt=msg.first_attempt - 1,
             client_has_tokens=msg.delivered > 0,
-            est_tokens=estimate_tokens(job.prompt_chars(), job.params.get("max_tokens")),
+            est_tokens=estimate_tokens(
+                resolved.prompt_tokens.tokens if resolved.prompt_tokens else 0,
+                job.params.get("max_tokens"),
+            ),
             submitted=now,
         )
         self.scheduler.admit(js)
-        names = [str(c) for c in candidates]
-        accepted = m.Accepted(job_id=job.id, candidates=names, skipped=skipped)
+        names = [str(c) for c in resolved.candidates]
+        accepted = m.Accepted(job_id=job.id, candidates=names, skipped=resolved.skipped)
         self.outbox.to_client(identity, accepted)
         self.log.debug("job_accepted", job=job.id, candidates=names)
 
@@ -267,6 +287,7 @@ class BrokerCore:
             last_seen=now,
         )
         self.workers.add(worker)
+        self.catalog.catalog.from_worker(msg.provider, msg.models, msg.info)
         self.processes.mark_healthy(msg.pid)
         self.scheduler.dirty = True
         self.log.info(
@@ -277,6 +298,17 @@ class BrokerCore:
             capacity=msg.capacity,
             pid=msg.pid,
         )
+
+    def _count_on(
+        self, provider: str, model: str, messages: list[dict[str, object]], request: str
+    ) -> bool:
+        """Ask a worker of `provider` for an exact prompt count (False: none connected)."""
+        worker = self.workers.most_free(provider)
+        if worker is None:
+            return False
+        ask = m.CountTokens(request=request, model=model, messages=messages)
+        self.outbox.to_worker(worker.identity, ask)
+        return True
 
     def _relay(
         self, worker: WorkerState, msg: m.Tokens, payload: Sequence[object], now: float

@@ -62,6 +62,9 @@ class JobState:
     queued: bool = False
     finished: bool = False
     waiting_logged: bool = False
+    # what submit decided that the result reports (strategy, dropped, detected)
+    notes: dict[str, Any] = field(default_factory=dict)
+    strategy: str = "first_healthy"  # the route's strategy (dispatcher.routing.order)
 
     @property
     def id(self) -> str:

@@ -131,6 +131,7 @@ class Pacer:
         }
 
 
-def estimate_tokens(prompt_chars: int, max_tokens: int | None) -> float:
-    """Rough budget before the provider tells us: ~4 characters per token plus the output cap."""
-    return prompt_chars / 4.0 + (max_tokens or 256)
+def estimate_tokens(prompt_tokens: int, max_tokens: int | None) -> float:
+    """The budget charged before the provider tells us: the prompt's count (catalog.tokens:
+    exact where possible, else its estimate) plus the output cap."""
+    return prompt_tokens + (max_tokens or 256)

@@ -16,7 +16,14 @@ from dispatcher.jobs import JobState, WorkerState
 from dispatcher.outbox import Outbox
 from dispatcher.pacing import Pacer
 from dispatcher.queues import FairQueue
-from dispatcher.routing import Candidate
+from dispatcher.routing import (
+    FIRST_HEALTHY,
+    Candidate,
+    CandidateView,
+    Unavailable,
+    explain_unavailable,
+    order,
+)
 from dispatcher.worker_book import WorkerBook
 from protocol import messages as m
 from protocol.errors import ErrorCategory, ProviderError
@@ -74,40 +81,59 @@ class Scheduler:
         for js in self.queue.rounds(lambda js: self._try_dispatch(js, now)):
             js.queued = False
 
+    def _view(self, cand: Candidate, now: float) -> CandidateView:
+        """What the route's strategy sees of a candidate now."""
+        prov, pair = self.health.pair(cand.provider, cand.model)
+        states = {prov.state, pair.state}
+        state = next(s for s in ("unhealthy", "degraded", "healthy") if s in states)
+        return CandidateView(
+            has_worker=self.workers.has_workers(cand.provider),
+            state=state,
+            circuit_allows=prov.allows(now) and pair.allows(now),
+            latency=pair.latency_ewma if pair.latency_ewma is not None else prov.latency_ewma,
+        )
+
+    def _ready_at(self, js: JobState, cand: Candidate, now: float, *, health: bool) -> float:
+        """When `cand` may take `js`: Retry-After holds and pacing always; with `health`,
+        also the circuit breakers' cool-downs."""
+        ready = js.avoid_until.get(cand.provider, 0.0)
+        if health:
+            prov, pair = self.health.pair(cand.provider, cand.model)
+            ready = max(ready, prov.ready_at(), pair.ready_at())
+        pacer = self.pacers.get(cand.provider)
+        if pacer is not None:
+            ready = max(ready, now + pacer.wait_for(js.est_tokens, now))
+        return ready
+
     def _try_dispatch(self, js: JobState, now: float) -> bool:
         """Dispatch or settle `js` now (True: leave the queue) or leave it waiting (False)."""
+        live = [c for c in js.candidates if c.provider not in js.excluded]
+        if not live:
+            self.fail(js, js.final_error("every candidate failed"))
+            return True
+        # first_healthy waits out open circuits; the other strategies try them too (last,
+        # for best_effort). Holds a provider asked for (Retry-After) and pacing always apply.
+        gated = js.strategy == FIRST_HEALTHY
         earliest = math.inf
-        viable = False
-        unserved = True  # no candidate provider has a registered worker
-        for cand in js.candidates:
-            if cand.provider in js.excluded:
-                continue
-            viable = True
-            prov_health, pair_health = self.health.pair(cand.provider, cand.model)
-            ready = max(
-                js.avoid_until.get(cand.provider, 0.0),
-                prov_health.ready_at(),
-                pair_health.ready_at(),
-            )
-            pacer = self.pacers.get(cand.provider)
-            if pacer is not None:
-                ready = max(ready, now + pacer.wait_for(js.est_tokens, now))
+        ordered = order(js.strategy, live, lambda c: self._view(c, now))
+        for cand in ordered:
+            ready = self._ready_at(js, cand, now, health=gated)
             if ready > now:
                 earliest = min(earliest, ready)
                 continue
             best = self.workers.most_free(cand.provider)
             if best is None:
-                continue  # nobody serves it right now: fall through the chain
-            unserved = False
-            if not (prov_health.allows(now) and pair_health.allows(now)):
-                continue  # a half-open probe is in flight; its outcome wakes us
+                continue
             if best.free <= 0:
                 return False  # busy, not broken: wait for capacity, keep the preference order
             self._dispatch(js, cand, best, now)
             return True
-        if not viable:
-            self.fail(js, js.final_error("every candidate failed"))
-            return True
+        for cand in live:  # those the strategy left out now (open circuits): when they recover
+            if cand not in ordered:
+                ready = self._ready_at(js, cand, now, health=True)
+                if ready > now:
+                    earliest = min(earliest, ready)
+        unserved = not any(self.workers.has_workers(c.provider) for c in live)
         if unserved and earliest == math.inf and not js.waiting_logged:
             js.waiting_logged = True  # once per job: it waits for a worker to register
             self.log.warning(
@@ -115,10 +141,41 @@ class Scheduler:
             )
         if earliest < math.inf:
             if earliest > js.deadline:
-                self.fail(js, js.final_error("no candidate recovers before the deadline"))
+                self.fail(js, self._unavailable(js, live, now))
                 return True
             self.next_wake = min(self.next_wake, earliest)
         return False
+
+    def _unavailable(self, js: JobState, live: list[Candidate], now: float) -> ProviderError:
+        """No candidate recovers before the deadline: each one, its state, when it recovers;
+        retry_after is the time to the earliest recovery."""
+        items = []
+        for cand in live:
+            prov, pair = self.health.pair(cand.provider, cand.model)
+            pacer = self.pacers.get(cand.provider)
+            waits = [
+                ("no worker", None if self.workers.has_workers(cand.provider) else math.inf),
+                ("held (retry after)", js.avoid_until.get(cand.provider, 0.0) - now),
+                ("circuit open", max(prov.ready_at(), pair.ready_at()) - now),
+                ("paced (rpm/tpm)", pacer.wait_for(js.est_tokens, now) if pacer else 0.0),
+            ]
+            blocking = [(what, wait) for what, wait in waits if wait is not None and wait > 0]
+            if not blocking:
+                items.append(Unavailable(str(cand), "busy", None))
+                continue
+            what, wait = max(blocking, key=lambda item: item[1])
+            items.append(Unavailable(str(cand), what, None if wait == math.inf else round(wait, 3)))
+        message, retry_after = explain_unavailable(items)
+        last = js.last_error or {}
+        return ProviderError(
+            last.get("category", ErrorCategory.NO_PROVIDER.value),
+            f"{message} (no candidate recovers before the deadline)",
+            provider=last.get("provider"),
+            status_code=last.get("status_code"),
+            retryable=True,  # waiting helps: retry_after says how long
+            retry_after=retry_after,
+            attempts=js.trail,
+        )
 
     def _dispatch(self, js: JobState, cand: Candidate, worker: WorkerState, now: float) -> None:
         previous = js.candidate

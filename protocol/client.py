@@ -40,7 +40,10 @@ CONNECT_TIMEOUT = 5.0
 # on the client side (the broker's deadline normally fires first; this covers a lost broker).
 DEADLINE_GRACE = 10.0
 T = TypeVar("T")
-JOB_OPTIONS = ("stream", "timeout", "on_partial", "priority", "max_attempts", "metadata")
+# Job fields a caller passes as keywords next to the canonical parameters.
+JOB_OPTIONS = tuple(
+    f for f in Job.FIELDS if f not in ("id", "messages", "model", "route", "params")
+)
 
 
 def build_job(
@@ -136,6 +139,7 @@ class AsyncClient:
         self.link: Readiness | None = None
         self.pending: dict[str, _Pending] = {}
         self.status_waiters: list[asyncio.Future[dict[str, Any]]] = []
+        self.catalog_waiters: dict[str, asyncio.Future[m.CatalogReply]] = {}
         self.tasks: list[asyncio.Task[None]] = []
         self.last_heard = 0.0
         self.reconnects = 0
@@ -259,6 +263,10 @@ class AsyncClient:
                 waiter = self.status_waiters.pop(0)
                 if not waiter.done():
                     waiter.set_result(msg.status)
+        elif isinstance(msg, m.CatalogReply):
+            catalog_waiter = self.catalog_waiters.pop(msg.request, None)
+            if catalog_waiter is not None and not catalog_waiter.done():
+                catalog_waiter.set_result(msg)
         elif isinstance(msg, m.Error) and msg.job_id:
             pending = self.pending.get(msg.job_id)
             if pending is not None and not pending.finished:
@@ -422,6 +430,86 @@ class AsyncClient:
             if waiter in self.status_waiters:
                 self.status_waiters.remove(waiter)
 
+    # --- the broker's catalog (see catalog/ and docs/catalog.md) -------------------------
+
+    async def _catalog(self, query: str, args: dict[str, Any], timeout: float) -> Any:
+        request = new_job_id()
+        waiter: asyncio.Future[m.CatalogReply] = asyncio.get_running_loop().create_future()
+        self.catalog_waiters[request] = waiter
+        await self._send(m.CatalogQuery(request=request, query=query, args=args))
+        try:
+            reply = await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            raise ProviderError(
+                ErrorCategory.NETWORK, f"no catalog reply from {self.endpoint} ({query})"
+            ) from None
+        finally:
+            self.catalog_waiters.pop(request, None)
+        if reply.error is not None:
+            raise ProviderError.from_wire(reply.error)
+        return reply.result
+
+    async def capabilities(self, provider: str, model: str, timeout: float = 5.0) -> Any:
+        """What `provider:model` can do and costs: {capabilities, sources, stale, ...}."""
+        return await self._catalog("capabilities", {"provider": provider, "model": model}, timeout)
+
+    async def find_providers(
+        self,
+        capability: str,
+        *,
+        min_context: int | None = None,
+        model: str | None = None,
+        timeout: float = 5.0,
+    ) -> Any:
+        """Every configured provider:model having `capability` (vision, tools, json_object,
+        json_schema, streaming, system_prompt), optionally with a window of min_context."""
+        args: dict[str, Any] = {"capability": capability}
+        if min_context is not None:
+            args["min_context"] = min_context
+        if model is not None:
+            args["model"] = model
+        return await self._catalog("find_providers", args, timeout)
+
+    async def models(
+        self,
+        *,
+        provider: str | None = None,
+        capability: str | None = None,
+        refresh: bool = False,
+        timeout: float = 60.0,
+    ) -> Any:
+        """{models: [entry...], written, live: {provider: {fetched_at, stale, error}}};
+        `refresh` refetches every live source first."""
+        args: dict[str, Any] = {"refresh": refresh}
+        if provider is not None:
+            args["provider"] = provider
+        if capability is not None:
+            args["capability"] = capability
+        return await self._catalog("models", args, timeout)
+
+    async def count_tokens(
+        self,
+        *,
+        model: str | None = None,
+        route: str | None = None,
+        messages: list[dict[str, Any]] | None = None,
+        prompt: str | None = None,
+        max_tokens: int | None = None,
+        timeout: float = 10.0,
+    ) -> Any:
+        """Prompt tokens per candidate of `model` ("provider:model") or `route`, each
+        {tokens, exact, method, context_window, estimated_cost}; estimates say so."""
+        if (model is None) == (route is None):
+            raise ProtocolViolation("count_tokens: give exactly one of model or route")
+        if messages is None:
+            if prompt is None:
+                raise ProtocolViolation("count_tokens: give messages=[...] or prompt='...'")
+            messages = [{"role": "user", "content": prompt}]
+        args: dict[str, Any] = {"target": model or route, "messages": messages}
+        if max_tokens is not None:
+            args["max_tokens"] = max_tokens
+        return await self._catalog("count_tokens", args, timeout)
+
 
 class Client:
     """Blocking client: an AsyncClient driven by a private event loop thread."""
@@ -482,3 +570,15 @@ class Client:
     def status(self, timeout: float = 5.0) -> dict[str, Any]:
         status: dict[str, Any] = self._call(self._async.status(timeout))
         return status
+
+    def capabilities(self, provider: str, model: str, timeout: float = 5.0) -> Any:
+        return self._call(self._async.capabilities(provider, model, timeout))
+
+    def find_providers(self, capability: str, **kwargs: Any) -> Any:
+        return self._call(self._async.find_providers(capability, **kwargs))
+
+    def models(self, **kwargs: Any) -> Any:
+        return self._call(self._async.models(**kwargs))
+
+    def count_tokens(self, **kwargs: Any) -> Any:
+        return self._call(self._async.count_tokens(**kwargs))

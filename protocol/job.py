@@ -163,6 +163,9 @@ class Job:
     priority: int = 0  # higher is served first within the caller's queue
     max_attempts: int = 4
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Let a candidate that does not support a parameter run without it; the result lists
+    # what was dropped for which candidate. Off by default: unsupported means rejected.
+    drop_unsupported: bool = False
 
     FIELDS = (
         "id",
@@ -176,6 +179,7 @@ class Job:
         "priority",
         "max_attempts",
         "metadata",
+        "drop_unsupported",
     )
 
     def to_wire(self) -> dict[str, Any]:
@@ -205,6 +209,9 @@ class Job:
             priority=v.need_int(data.get("priority", 0), "job.priority", -100, 100),
             max_attempts=v.need_int(data.get("max_attempts", 4), "job.max_attempts", 1, 50),
             metadata=metadata,
+            drop_unsupported=v.need_bool(
+                data.get("drop_unsupported", False), "job.drop_unsupported"
+            ),
         )
 
     def required_features(self) -> set[str]:
@@ -215,13 +222,3 @@ class Job:
             if isinstance(content, list) and any(p.get("type") == "image_url" for p in content):
                 features.add(FEATURE_VISION)
         return features
-
-    def prompt_chars(self) -> int:
-        total = 0
-        for msg in self.messages:
-            content = msg.get("content")
-            if isinstance(content, str):
-                total += len(content)
-            elif isinstance(content, list):
-                total += sum(len(p.get("text", "")) for p in content)
-        return total

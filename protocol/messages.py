@@ -15,7 +15,7 @@ import msgpack
 
 from protocol import validate as v
 from protocol.errors import ProtocolViolation
-from protocol.job import Job
+from protocol.job import Job, validate_messages
 
 VERSION = 1
 MAX_MESSAGE_BYTES = 64 << 20  # socket MAXMSGSIZE: a peer sending more is disconnected
@@ -230,6 +230,39 @@ class StatusReply(Message):
     status: dict[str, Any]
 
 
+CATALOG_QUERIES = ("capabilities", "find_providers", "models", "count_tokens")
+
+
+def _query(value: Any, name: str) -> str:
+    return v.need_enum(value, name, CATALOG_QUERIES)
+
+
+def _any(value: Any, name: str) -> Any:
+    return value
+
+
+@dataclass(slots=True)
+class CatalogQuery(Message):
+    """Client asks the broker's catalog; `request` pairs the reply with the question."""
+
+    TYPE = "catalog"
+    CHECKS = {"request": _id, "query": _query, "args": _any_map}
+    request: str
+    query: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class CatalogReply(Message):
+    """`result` on success, else `error` (a ProviderError's wire map)."""
+
+    TYPE = "catalog_reply"
+    CHECKS = {"request": _id, "result": _any, "error": _any_map}
+    request: str
+    result: Any = None
+    error: dict[str, Any] | None = None
+
+
 @dataclass(slots=True)
 class Ping(Message):
     """Heartbeat in every direction; any traffic also counts as one."""
@@ -253,6 +286,38 @@ class Error(Message):
 
 
 # --- worker <-> broker ------------------------------------------------------------------
+
+
+def _messages(value: Any, name: str) -> list[dict[str, Any]]:
+    return validate_messages(value)
+
+
+def _count(value: Any, name: str) -> int:
+    return v.need_int(value, name, 0, 1 << 40)
+
+
+@dataclass(slots=True)
+class CountTokens(Message):
+    """Broker -> worker: count this prompt exactly with the provider's own tokenizer."""
+
+    TYPE = "count_tokens"
+    CHECKS = {"request": _id, "model": _text, "messages": _messages}
+    request: str
+    model: str
+    messages: list[dict[str, Any]]
+
+
+@dataclass(slots=True)
+class TokenCount(Message):
+    """Worker -> broker: the exact count (`tokens`, by `method`), or why there is none."""
+
+    TYPE = "token_count"
+    CHECKS = {"request": _id, "tokens": _count, "method": _text, "error": _text}
+    request: str
+    tokens: int | None = None
+    method: str | None = None
+    error: str | None = None
+
 
 
 @dataclass(slots=True)

@@ -19,6 +19,10 @@ class Result:
     latency: float | None = None  # seconds from submit to done, measured by the broker
     ttft: float | None = None  # seconds from submit to the first token
     resets: int = 0  # times delivered output was voided by a retry
+    cost: float | None = None  # US dollars; see cost_source
+    cost_source: str = "unknown"  # reported (by the provider) | priced (catalog) | unknown
+    dropped: list[dict[str, Any]] = field(default_factory=list)  # {candidate, params} dropped
+    detected: str | None = None  # how a bare model name was matched to providers
     raw: dict[str, Any] = field(default_factory=dict)  # the broker's full result map
 
     @classmethod
@@ -35,6 +39,10 @@ class Result:
             latency=result.get("latency"),
             ttft=result.get("ttft"),
             resets=resets,
+            cost=result.get("cost"),
+            cost_source=result.get("cost_source") or "unknown",
+            dropped=result.get("dropped") or [],
+            detected=result.get("detected"),
             raw=result,
         )
 

@@ -33,7 +33,7 @@ def free_port() -> int:
 def toml_value(value: Any) -> str:
     """TOML for the config values tests use: JSON scalars and arrays, inline tables."""
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     return json.dumps(value)
@@ -43,7 +43,7 @@ def write_config(
     path: Path,
     broker: dict[str, Any],
     providers: dict[str, dict[str, Any]],
-    routes: dict[str, list[str]] | None = None,
+    routes: dict[str, Any] | None = None,
 ) -> Path:
     lines = ["[broker]"]
     lines += [f"{k} = {toml_value(v)}" for k, v in broker.items()]
@@ -54,8 +54,10 @@ def write_config(
         if options:
             lines.append(f"\n[providers.{name}.options]")
             lines += [f"{k} = {toml_value(v)}" for k, v in options.items()]
-    for name, candidates in (routes or {}).items():
-        lines.append(f"\n[routes.{name}]\ncandidates = {toml_value(candidates)}")
+    for name, route in (routes or {}).items():
+        table = route if isinstance(route, dict) else {"candidates": route}
+        lines.append(f"\n[routes.{name}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -86,7 +88,7 @@ class BrokerProcess:
         self,
         tmp: Path,
         providers: dict[str, dict[str, Any]],
-        routes: dict[str, list[str]] | None = None,
+        routes: dict[str, Any] | None = None,
         **broker: Any,
     ) -> None:
         self.tmp = tmp
@@ -110,7 +112,12 @@ class BrokerProcess:
 
     def start(self, wait: bool = True) -> BrokerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        env = {**os.environ, "LLMRELAY_LOG_LEVEL": self.log_level, "PYTHONPATH": str(ROOT)}
+        env = {
+            **os.environ,
+            "LLMRELAY_LOG_LEVEL": self.log_level,
+            "PYTHONPATH": str(ROOT),
+            "LLMRELAY_CACHE_DIR": str(self.tmp / "cache"),  # live catalog data of this test
+        }
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dispatcher.cli", "broker", "--config", str(self.config)],
             stdout=log,

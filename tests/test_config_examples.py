@@ -14,19 +14,24 @@ from workers.registry import backend_class
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def readme_toml() -> str:
-    text = (ROOT / "README.md").read_text()
+def readme_toml(name: str = "README.md") -> str:
+    text = (ROOT / name).read_text()
     blocks = re.findall(r"```toml\n(.*?)```", text, flags=re.S)
-    assert blocks, "README shows no TOML example"
+    assert blocks, f"{name} shows no TOML example"
     return "\n".join(blocks)
 
 
 @pytest.mark.parametrize(
-    "source", ["README.md", *sorted(p.name for p in (ROOT / "examples").glob("*.toml"))]
+    "source",
+    [
+        "README.md",
+        "docs/catalog.md",
+        *sorted(p.name for p in (ROOT / "examples").glob("*.toml")),
+    ],
 )
 def test_shown_configs_are_valid(source: str) -> None:
-    if source == "README.md":
-        config = parse_config(tomllib.loads(readme_toml()))
+    if source.endswith(".md"):
+        config = parse_config(tomllib.loads(readme_toml(source)))
     else:
         config = load_config(ROOT / "examples" / source)
     assert config.providers and config.routes

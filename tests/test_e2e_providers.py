@@ -598,11 +598,14 @@ def test_unsupported_parameter_skips_or_rejects_never_drops(
         assert err.category is ErrorCategory.UNSUPPORTED and not err.attempts
         assert "repeat_penalty" in err.message and "openai" in err.message
 
-        # A value the provider's own mapping cannot express (Anthropic's temperature stops at
-        # 1.0) is refused by the worker: that candidate is dropped and the next one serves.
+        # A value outside the provider's range (Anthropic's temperature stops at 1.0) is
+        # refused at submit by its parameter schema: that candidate is skipped, with the
+        # reason, and the next one serves.
         hot = client.complete(route="hot", prompt="x", temperature=1.5, timeout=JOB_TIMEOUT)
-        assert outcomes(hot.attempts) == [("anthropic", "unsupported"), ("openai", "ok")]
-        assert "temperature" in hot.attempts[0]["message"]
+        assert outcomes(hot.attempts) == [("openai", "ok")]
+        assert hot.skipped[0]["candidate"] == "anthropic:m"
+        assert "'temperature'" in hot.skipped[0]["reason"]
+        assert "expected float in [0, 1]" in hot.skipped[0]["reason"]
         assert openai_fake.requests[-1].json()["temperature"] == 1.5
     assert not anthropic_fake.requests  # refused before anything was sent
     assert len(openai_fake.requests) == 1  # only the temperature job reached openai
@@ -615,7 +618,13 @@ def test_two_hundred_jobs_share_a_pool_of_capacity_connections(
     broker_factory: Any, openai_fake: FakeServer
 ) -> None:
     openai_fake.default = Reply(tokens=["p", "o", "o", "l"], token_delay=0.002)
-    broker = start(broker_factory, {"openai": provider("openai", openai_fake, capacity=4)})
+    # The broker's own catalog fetch (GET /v1/models, once) would be one more connection
+    # from another process; this test counts the worker's pool alone.
+    broker = start(
+        broker_factory,
+        {"openai": provider("openai", openai_fake, capacity=4)},
+        catalog_discovery=False,
+    )
     jobs = [
         {"model": "openai:gpt-x", "prompt": f"job {i}", "timeout": 90.0, "job_id": f"pool-{i}"}
         for i in range(200)

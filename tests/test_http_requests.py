@@ -134,15 +134,17 @@ def test_openai_more_than_four_stop_sequences_is_unsupported() -> None:
 
 
 def test_openai_subclass_hooks() -> None:
-    from workers.providers.openai import PASSTHROUGH, OpenAIBackend
+    from catalog.schemas import SCHEMAS, Schema, schema_features
+    from workers.providers.openai import OpenAIBackend
+
+    compat_schema = Schema("compat", SCHEMAS["llamacpp"].params)  # OpenAI names + extras
 
     class Compat(OpenAIBackend):
         kind = "compat"
         default_base_url = "http://127.0.0.1:9999/v1"
         key_required = False
-        max_tokens_field = "max_tokens"
-        passthrough = {**PASSTHROUGH, "top_k": "top_k", "repeat_penalty": "repeat_penalty"}
-        features = OpenAIBackend.features | {"top_k", "repeat_penalty"}
+        schema = compat_schema
+        features = schema_features(compat_schema)
 
     compat = Compat(ProviderSpec("c", "compat"))
     assert compat.base_url == "http://127.0.0.1:9999/v1"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from dispatcher.catalog_service import build_catalog
 from dispatcher.config import ConfigError, default_config, parse_config
 from dispatcher.health import Circuit, CircuitPolicy, Health
 from dispatcher.pacing import Pacer
@@ -139,8 +140,8 @@ def _config():  # type: ignore[no-untyped-def]
     return parse_config(
         {
             "providers": {
-                "openai": {"kind": "mock", "models": ["gpt-x"]},
-                "claude": {"kind": "mock", "models": ["sonnet"]},
+                "openai": {"kind": "openai", "models": ["gpt-x"], "spawn": False},
+                "claude": {"kind": "anthropic", "models": ["sonnet"], "spawn": False},
                 "local": {"kind": "mock", "models": ["llama"]},
             },
             "routes": {"smart": ["openai:gpt-x", "claude:sonnet", "local:llama"]},
@@ -148,37 +149,31 @@ def _config():  # type: ignore[no-untyped-def]
     )
 
 
+def _resolve(job):  # type: ignore[no-untyped-def]
+    config = _config()
+    resolved = resolve(job, config, build_catalog(config))
+    return resolved.candidates, resolved.skipped
+
+
 def test_routing_removes_candidates_that_cannot_honour_a_parameter() -> None:
-    features = {
-        "openai": frozenset({"max_tokens"}),
-        "claude": frozenset({"max_tokens", "top_k"}),
-        "local": frozenset({"max_tokens", "top_k", "repeat_penalty"}),
-    }
-    job = build_job(route="smart", prompt="x", top_k=3)
-    candidates, skipped = resolve(job, _config(), features.__getitem__)
+    candidates, skipped = _resolve(build_job(route="smart", prompt="x", top_k=3))
     assert candidates == [Candidate("claude", "sonnet"), Candidate("local", "llama")]
-    assert skipped == [{"candidate": "openai:gpt-x", "reason": "openai cannot honour top_k"}]
+    assert [s["candidate"] for s in skipped] == ["openai:gpt-x"]
+    assert "parameter 'top_k' for openai (openai): OpenAI has no top_k" in skipped[0]["reason"]
     job = build_job(route="smart", prompt="x", repeat_penalty=1.1, top_k=2)
-    assert [str(c) for c in resolve(job, _config(), features.__getitem__)[0]] == ["local:llama"]
+    assert [str(c) for c in _resolve(job)[0]] == ["local:llama"]
     with pytest.raises(ProviderError) as info:
-        resolve(
-            build_job(model="openai:gpt-x", prompt="x", repeat_penalty=1.1),
-            _config(),
-            features.__getitem__,
-        )
+        _resolve(build_job(model="openai:gpt-x", prompt="x", repeat_penalty=1.1))
     assert info.value.category is ErrorCategory.UNSUPPORTED
-    assert "openai cannot honour repeat_penalty" in info.value.message
+    assert "openai:gpt-x: parameter 'repeat_penalty' for openai" in info.value.message
 
 
 def test_routing_by_model_name_and_errors() -> None:
-    everything = lambda _: frozenset({"max_tokens"})  # noqa: E731
-    assert resolve(build_job(model="sonnet", prompt="x"), _config(), everything)[0] == [
-        Candidate("claude", "sonnet")
-    ]
+    assert _resolve(build_job(model="sonnet", prompt="x"))[0] == [Candidate("claude", "sonnet")]
     with pytest.raises(ProviderError, match="no provider serves model"):
-        resolve(build_job(model="gpt-9", prompt="x"), _config(), everything)
+        _resolve(build_job(model="gpt9", prompt="x"))
     with pytest.raises(ProviderError, match="unknown route"):
-        resolve(build_job(route="nope", prompt="x"), _config(), everything)
+        _resolve(build_job(route="nope", prompt="x"))
 
 
 def test_config_errors_are_clear() -> None:

@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from catalog.schemas import SCHEMAS, Schema, check_params
+from protocol.errors import ErrorCategory, ProviderError
 from protocol.job import PARAMS, Job
 from protocol.schema import Bool, Float, Key
 from workers.spec import ProviderSpec
@@ -49,9 +51,12 @@ class Backend(ABC):
     """
 
     kind: ClassVar[str]
-    # Canonical parameters and content features this provider honours (see protocol.job).
-    # The class value is what the broker assumes before a worker registers; an instance may
-    # narrow or widen it in start() from what the server reports (e.g. llama.cpp vision).
+    # The provider's parameter table (catalog.schemas): what it accepts, under which name.
+    # Requests are built from it; an instance may widen it (llama.cpp with enable_tools).
+    schema: Schema = SCHEMAS["mock"]
+    # Canonical parameters and content features this provider honours (see protocol.job),
+    # reported at registration; an instance may narrow or widen it in start() from what
+    # the server reports (e.g. llama.cpp vision).
     features: frozenset[str] = ALL_FEATURES
     # The `[providers.X.options]` keys this class reads itself; `option_schema()` adds the
     # inherited ones. The config rejects any other key, so every option read must be listed.
@@ -70,6 +75,14 @@ class Backend(ABC):
     def __init__(self, spec: ProviderSpec) -> None:
         self.spec = spec
 
+    def checked_params(self, job: Job) -> dict[str, Any]:
+        """The job's parameters as this provider takes them (canonical names), checked
+        against its schema: a bad or unsupported one raises ProviderError(unsupported),
+        unless the job allows dropping unsupported ones (the broker reports those)."""
+        return check_params(
+            self.schema, self.spec.name, job.params, drop_unsupported=job.drop_unsupported
+        ).params
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Open pooled clients, start local servers. Called once before any job."""
 
@@ -87,6 +100,16 @@ class Backend(ABC):
     def stats(self) -> dict[str, Any]:
         """Extra periodic figures for the heartbeat (e.g. a child server's RSS)."""
         return {}
+
+    # How `count_prompt` counts (catalog token_counting), or None when it cannot.
+    exact_counting: ClassVar[str | None] = None
+
+    async def count_prompt(self, messages: list[dict[str, Any]], model: str) -> int:
+        """The prompt's exact token count by the provider's own tokenizer. Raises
+        ProviderError when it cannot (no tokenizer, no key, the provider failed)."""
+        raise ProviderError(
+            ErrorCategory.UNSUPPORTED, f"{self.kind} has no exact token count", provider=None
+        )
 
     async def list_models(self) -> list[str] | None:
         """The model ids the provider says it serves now, or None if unknown.

@@ -97,11 +97,19 @@ def _shape_checked(read: Callable[[Any], T], data: Any) -> T:
         raise Malformed(f"unexpected response shape ({type(exc).__name__}: {exc})") from None
 
 
-def usage(prompt: Any, completion: Any, cost: Any = None) -> dict[str, Any]:
-    """The normalized usage every backend reports."""
+def usage(
+    prompt: Any, completion: Any, cost: Any = None, *, cached: Any = None, written: Any = None
+) -> dict[str, Any]:
+    """The normalized usage every backend reports. `prompt` counts every prompt token; of
+    them, `cached` were read from the provider's prompt cache and `written` were written to
+    it (catalog.cost prices each at its own rate)."""
     p = int(prompt or 0)
     c = int(completion or 0)
     out: dict[str, Any] = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+    if cached:
+        out["cached_tokens"] = int(cached)
+    if written:
+        out["cache_creation_tokens"] = int(written)
     if cost is not None:
         out["cost"] = float(cost)
     return out

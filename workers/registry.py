@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from catalog.schemas import SCHEMAS, schema_features
+
 if TYPE_CHECKING:
     from workers.backend import Backend
 
@@ -22,24 +24,11 @@ KINDS: dict[str, str] = {
     "ollama": "workers.providers.ollama:OllamaBackend",
 }
 
-_SAMPLING = {"max_tokens", "temperature", "top_p", "stop"}
-_OPENAI = {"seed", "presence_penalty", "frequency_penalty", "response_format"}
-_TOOLS = {"tools", "tool_choice"}
-
 # Canonical parameters and content features (protocol.job PARAMS + "vision") each kind honours
-# before a worker registers; a registered worker's own list (it may add some, e.g. llama.cpp
-# with tools enabled or a vision projector) replaces this.
+# before a worker registers: its parameter schema (catalog.schemas) plus vision, except for
+# llama.cpp, whose vision (a projector) and tools (enable_tools) a registered worker reports.
 FEATURES: dict[str, frozenset[str]] = {
-    "mock": frozenset(_SAMPLING | _OPENAI | _TOOLS | {"top_k", "seed", "repeat_penalty", "vision"}),
-    "llamacpp": frozenset(_SAMPLING | _OPENAI | {"top_k", "repeat_penalty"}),
-    "openai": frozenset(_SAMPLING | _OPENAI | _TOOLS | {"vision"}),
-    "anthropic": frozenset(_SAMPLING | _TOOLS | {"top_k", "response_format", "vision"}),
-    "openrouter": frozenset(_SAMPLING | _OPENAI | _TOOLS | {"top_k", "repeat_penalty", "vision"}),
-    "ollama": frozenset(
-        _SAMPLING
-        | {"top_k", "seed", "repeat_penalty", "presence_penalty", "frequency_penalty"}
-        | {"response_format", "tools", "vision"}
-    ),
+    kind: schema_features(SCHEMAS[kind], vision=kind != "llamacpp") for kind in KINDS
 }
 
 

@@ -86,6 +86,7 @@ class WorkerRuntime:
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.link: Readiness | None = None
         self.running: dict[tuple[str, int], _Running] = {}
+        self.counting: set[asyncio.Task[None]] = set()  # exact token counts being made
         self.outbox: deque[tuple[str, Any]] = deque()
         self.outbox_ready = asyncio.Event()
         self.missed_wakeups = 0  # of closed sockets; see `stalls`
@@ -197,6 +198,20 @@ class WorkerRuntime:
         self.running[key] = run
         run.task = asyncio.create_task(self._run_job(run, msg.model))
 
+    async def _count(self, msg: m.CountTokens) -> None:
+        """Answer the broker's exact-count request (catalog count_tokens)."""
+        try:
+            tokens = await self.backend.count_prompt(msg.messages, msg.model)
+        except ProviderError as exc:
+            reply = m.TokenCount(request=msg.request, error=f"{exc.category.value}: {exc.message}")
+        except Exception as exc:  # a backend bug must not kill the worker
+            reply = m.TokenCount(request=msg.request, error=f"{type(exc).__name__}: {exc}")
+        else:
+            reply = m.TokenCount(
+                request=msg.request, tokens=tokens, method=self.backend.exact_counting
+            )
+        self._post(reply)
+
     async def _run_job(self, run: _Running, model: str) -> None:
         job, attempt = run.job, run.attempt
         structlog.contextvars.bind_contextvars(job=job.id, attempt=attempt)
@@ -268,6 +283,10 @@ class WorkerRuntime:
             return
         if isinstance(msg, m.Dispatch):
             self._start_job(msg)
+        elif isinstance(msg, m.CountTokens):
+            task = asyncio.create_task(self._count(msg))
+            self.counting.add(task)
+            task.add_done_callback(self.counting.discard)
         elif isinstance(msg, m.Cancel):
             self._cancel(msg.job_id, msg.attempt)
         elif isinstance(msg, m.Ping):

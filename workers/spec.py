@@ -22,3 +22,6 @@ class ProviderSpec:
     # requests / tokens per minute the broker lets through
     rpm: float | None = field(default=None, metadata=limits(above=0))
     tpm: float | None = field(default=None, metadata=limits(above=0))
+    # model -> capability/pricing fields overriding the shipped catalog ("*": every model);
+    # the keys are catalog/capabilities.py's
+    catalog: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -42,8 +42,25 @@ class AnthropicFake(ChatEndpoint):
     def __init__(self, api_key: str | None = None) -> None:
         self.api_key = api_key
 
+    @staticmethod
+    def count_tokens(request: Request) -> Response:
+        """`{"input_tokens": N}`; the fake's tokenizer: one token per whitespace-separated word
+        of the system prompt and every text block."""
+        body = request.json() or {}
+        texts = [body.get("system") or ""]
+        for turn in body.get("messages") or []:
+            blocks = turn.get("content")
+            if isinstance(blocks, str):
+                texts.append(blocks)
+            else:
+                texts += [b.get("text", "") for b in blocks or [] if b.get("type") == "text"]
+        return json_response(200, {"input_tokens": sum(len(t.split()) for t in texts)})
+
     def models(self, request: Request, listing: ModelList) -> Response | None:
-        """`GET /v1/models?limit=&after_id=`: `{"data", "has_more", "first_id", "last_id"}`."""
+        """`GET /v1/models?limit=&after_id=`: `{"data", "has_more", "first_id", "last_id"}`;
+        also `POST /v1/messages/count_tokens` (not from the Reply queue either)."""
+        if request.method == "POST" and request.route == "/v1/messages/count_tokens":
+            return self.authorize(request) or self.count_tokens(request)
         if request.method != "GET" or request.route != "/v1/models":
             return None
         denied = self.authorize(request)

@@ -34,7 +34,10 @@ class OllamaFake(ChatEndpoint):
     default_models = ("llama-fake:latest", "qwen-fake:7b")
 
     def models(self, request: Request, listing: ModelList) -> Response | None:
-        """`GET /api/tags`: `{"models": [{"name", "model", "modified_at", "size", ...}]}`."""
+        """`GET /api/tags`: `{"models": [{"name", "model", "modified_at", "size", ...}]}`;
+        `POST /api/show` {"model"}: capabilities and model_info (context length)."""
+        if request.method == "POST" and request.route == "/api/show":
+            return self.show((request.json() or {}).get("model"), listing)
         if request.method != "GET" or request.route != "/api/tags":
             return None
         scripted = scripted_listing(listing)
@@ -59,6 +62,22 @@ class OllamaFake(ChatEndpoint):
             for model in listing.ids
         ]
         return json_response(200, {"models": models})
+
+    def show(self, model: Any, listing: ModelList) -> Response:
+        if listing.status != 200 or model not in listing.ids:
+            return json_response(404, {"error": f"model '{model}' not found"})
+        vision = "llava" in str(model) or "vision" in str(model)
+        return json_response(
+            200,
+            {
+                "modelfile": "",
+                "parameters": "",
+                "template": "{{ .Prompt }}",
+                "details": {"format": "gguf", "family": "llama"},
+                "model_info": {"general.architecture": "llama", "llama.context_length": 8192},
+                "capabilities": ["completion", "tools", *(["vision"] if vision else [])],
+            },
+        )
 
     def render_stream(self, reply: Reply, body: dict[str, Any], model: str) -> list[Piece]:
         return self.stream(reply, model)

@@ -6,11 +6,16 @@ API requires one), anthropic_version, anthropic_beta.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import httpx
+
+from catalog.schemas import SCHEMAS, schema_features
 from protocol.errors import ErrorCategory as C
+from protocol.errors import ProviderError
 from protocol.job import Job
 from protocol.schema import Int, Key, Str
 from workers.backend import Finish, TextDelta
@@ -23,12 +28,13 @@ from workers.http import (
     StreamError,
     StreamMapper,
     load_json,
-    unsupported,
+    network_error,
     usage,
 )
 from workers.ratelimit import ANTHROPIC
 
-DEFAULT_MAX_TOKENS = 4096
+SCHEMA = SCHEMAS["anthropic"]
+DEFAULT_MAX_TOKENS: int = SCHEMA.params["max_tokens"].default  # the API requires one
 VERSION = "2023-06-01"
 
 ERRORS = ErrorTable(
@@ -71,7 +77,12 @@ def _usage(raw: dict[str, Any]) -> dict[str, Any]:
         int(raw.get(k) or 0)
         for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
     )
-    return usage(prompt, raw.get("output_tokens"))
+    return usage(
+        prompt,
+        raw.get("output_tokens"),
+        cached=raw.get("cache_read_input_tokens"),
+        written=raw.get("cache_creation_input_tokens"),
+    )
 
 
 def _image(url: str) -> dict[str, Any]:
@@ -222,19 +233,35 @@ class AnthropicBackend(HttpBackend):
     api_key_env: ClassVar[str | None] = "ANTHROPIC_API_KEY"
     errors = ERRORS
     ratelimit_headers = (ANTHROPIC,)
-    features = frozenset(
-        {
-            "max_tokens",
-            "temperature",
-            "top_p",
-            "top_k",
-            "stop",
-            "response_format",
-            "tools",
-            "tool_choice",
-            "vision",
-        }
-    )
+    schema = SCHEMA
+    features = schema_features(SCHEMA)
+
+    exact_counting = "count_tokens"
+
+    async def count_prompt(self, messages: list[dict[str, Any]], model: str) -> int:
+        """POST /v1/messages/count_tokens: Anthropic's own count (needs a key)."""
+        if self._client is None:
+            raise RuntimeError("AnthropicBackend.start() was not called")
+        if not self._key:
+            raise ProviderError(C.AUTH, "count_tokens needs an API key", provider=self.spec.name)
+        system, turns = convert_messages(messages)
+        body: dict[str, Any] = {"model": model, "messages": turns}
+        if system is not None:
+            body["system"] = system
+        try:
+            response = await self._client.post("/v1/messages/count_tokens", json=body)
+        except httpx.TransportError as exc:
+            raise network_error(self.spec.name, exc, self.timeouts) from None
+        if not response.is_success:
+            deadline = asyncio.get_running_loop().time() + self.total_timeout
+            raise await self._status_error(response, deadline)
+        answer = load_json(response.content)
+        tokens = answer.get("input_tokens") if isinstance(answer, dict) else None
+        if not isinstance(tokens, int) or tokens < 0:
+            raise ProviderError(
+                C.PROTOCOL, "count_tokens answered no input_tokens", provider=self.spec.name
+            )
+        return tokens
 
     def auth_headers(self, key: str) -> dict[str, str]:
         return {"x-api-key": key}
@@ -253,7 +280,7 @@ class AnthropicBackend(HttpBackend):
         return headers
 
     def build_body(self, job: Job, model: str) -> dict[str, Any]:
-        params = job.params
+        params = self.checked_params(job)  # e.g. temperature 0..1: refused, never clamped
         system, messages = convert_messages(job.messages)
         max_tokens = params.get("max_tokens", self.spec.options.get("max_tokens"))
         body: dict[str, Any] = {
@@ -264,15 +291,9 @@ class AnthropicBackend(HttpBackend):
         }
         if system is not None:
             body["system"] = system
-        if "temperature" in params:
-            if params["temperature"] > 1.0:  # Anthropic's range is 0..1; never clamp quietly
-                raise unsupported(self.spec.name, "temperature above 1.0")
-            body["temperature"] = params["temperature"]
-        for name in ("top_p", "top_k"):
+        for name in ("temperature", "top_p", "top_k", "stop"):  # the schema's plain renames
             if name in params:
-                body[name] = params[name]
-        if "stop" in params:
-            body["stop_sequences"] = params["stop"]
+                body[self.schema.params[name].name] = params[name]
         if "tools" in params:
             body["tools"] = convert_tools(params["tools"])
         if "tool_choice" in params:
@@ -287,12 +308,10 @@ class AnthropicBackend(HttpBackend):
         return body
 
     def _response_format(self, body: dict[str, Any], fmt: dict[str, Any]) -> None:
+        # json_object has no Anthropic form: the schema refuses it (fail over, never pretend).
         if fmt["type"] == "json_schema":
             schema = fmt["json_schema"].get("schema", {})
             body["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
-        elif fmt["type"] == "json_object":
-            # Anthropic has no schemaless JSON mode: fail over rather than pretend.
-            raise unsupported(self.spec.name, "response_format json_object (needs a schema)")
 
     def stream_mapper(self, job: Job) -> StreamMapper:
         return MessageStream(self)

@@ -21,8 +21,9 @@ from typing import Any, ClassVar, cast
 
 import httpx
 
+from catalog.schemas import SCHEMAS, schema_features, schema_for
 from protocol.errors import ErrorCategory, ProviderError
-from protocol.job import Job
+from protocol.job import FEATURE_VISION, Job
 from protocol.schema import Bool, Float, Key
 from workers.backend import StreamEvent
 from workers.http import unsupported
@@ -34,29 +35,25 @@ from workers.llamacpp.server import (
     ServerFailed,
     ServerState,
 )
-from workers.providers.openai import PASSTHROUGH, OpenAIBackend
+from workers.providers.openai import OpenAIBackend
 from workers.spec import ProviderSpec
 
-# llama-server takes OpenAI's names plus its own sampling extras under the canonical names.
-LLAMA_PASSTHROUGH: dict[str, str] = {
-    **{k: v for k, v in PASSTHROUGH.items() if k not in ("tools", "tool_choice")},
-    "top_k": "top_k",
-    "repeat_penalty": "repeat_penalty",
-}
-TOOLS = {"tools": "tools", "tool_choice": "tool_choice"}
 READY_WAIT = 30.0
+# A prompt surely fits when its UTF-8 bytes (no token is shorter than a byte) plus this
+# template allowance per message, plus max_tokens, fit the window; otherwise it is counted
+# exactly (/apply-template + /tokenize) before anything is generated.
+TEMPLATE_BYTES_PER_MESSAGE = 64
+TEMPLATE_BYTES = 128
 
 
 class LlamaCppBackend(OpenAIBackend):
     kind = "llamacpp"
     default_base_url = "http://127.0.0.1"  # replaced by the server's URL in start()
     api_key_env: ClassVar[str | None] = None  # the key is generated per server, never configured
-    passthrough: ClassVar[Mapping[str, str]] = LLAMA_PASSTHROUGH
     # Verified against llama-server: each of these changes the request it runs (see tests).
     # Tools are opt-in (enable_tools): with a template that lacks them they are ignored.
-    features = frozenset(LLAMA_PASSTHROUGH) | {"max_tokens", "stop"}
-    max_tokens_field = "max_tokens"
-    max_stop = None
+    schema = SCHEMAS["llamacpp"]
+    features = schema_features(SCHEMAS["llamacpp"], vision=False)
     option_keys: ClassVar[Mapping[str, Key]] = {
         **SERVER_OPTION_KEYS,
         "ready_wait": Float(min=0),
@@ -71,6 +68,7 @@ class LlamaCppBackend(OpenAIBackend):
         self.auth_enforced: bool | None = None
         self.ready_wait = float(spec.options.get("ready_wait", READY_WAIT))
         self.tools_enabled = bool(spec.options.get("enable_tools"))
+        self.schema = schema_for(self.kind, tools_enabled=self.tools_enabled)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -121,9 +119,9 @@ class LlamaCppBackend(OpenAIBackend):
         self.props = props if isinstance(props, dict) else {}
         if not self.auth_enforced:
             self.server.log.error("llama_server_auth_not_enforced")
-        features = set(type(self).features) | (set(TOOLS) if self.tools_enabled else set())
+        features = set(schema_features(self.schema, vision=False))
         if self.modalities().get("vision"):
-            features.add("vision")
+            features.add(FEATURE_VISION)
         # Features depend on this server's model; the class default stays conservative.
         self.features = frozenset(features)
 
@@ -151,6 +149,7 @@ class LlamaCppBackend(OpenAIBackend):
             "build_info": self.props.get("build_info"),
             "model_path": self.props.get("model_path"),
             "auth_enforced": self.auth_enforced,
+            "tools_enabled": self.tools_enabled,
         }
 
     def stats(self) -> dict[str, Any]:
@@ -170,9 +169,14 @@ class LlamaCppBackend(OpenAIBackend):
         data = await self._post_json("/detokenize", {"tokens": tokens})
         return str(data.get("content", ""))
 
+    exact_counting = "tokenize"
+
     async def count_tokens(self, job: Job) -> int:
         """Prompt tokens exactly as llama-server will see them (chat template applied)."""
-        data = await self._post_json("/apply-template", {"messages": job.messages})
+        return await self.count_prompt(job.messages, "")
+
+    async def count_prompt(self, messages: list[dict[str, Any]], model: str) -> int:
+        data = await self._post_json("/apply-template", {"messages": messages})
         return len(await self.tokenize(str(data.get("prompt", "")), special=True))
 
     async def _post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -196,13 +200,32 @@ class LlamaCppBackend(OpenAIBackend):
     # --- generation -----------------------------------------------------------------------
 
     def build_body(self, job: Job, model: str) -> dict[str, Any]:
-        # The broker only sends what `features` lists; this guards against a quiet drop anyway.
-        missing = sorted(job.required_features() - self.features)
-        if missing:
-            raise unsupported(self.spec.name, f"llama-server here cannot honour: {missing}")
-        body = super().build_body(job, model)
-        body.update({name: job.params[name] for name in TOOLS if name in job.params})
-        return body
+        # The broker routes images only to vision servers; this guards against a quiet drop.
+        if FEATURE_VISION in job.required_features() and FEATURE_VISION not in self.features:
+            raise unsupported(self.spec.name, "this llama-server's model takes no images")
+        return super().build_body(job, model)
+
+    async def check_context(self, job: Job) -> None:
+        """Refuse, before generating, a prompt that with max_tokens exceeds one slot's window
+        (an exact count: llama-server's own template and tokenizer)."""
+        window = self.context_window()
+        if window is None:
+            return
+        max_tokens = int(job.params.get("max_tokens") or 0)
+        upper = sum(
+            len(str(part).encode()) + TEMPLATE_BYTES_PER_MESSAGE for part in _texts(job.messages)
+        )
+        if upper + TEMPLATE_BYTES + max_tokens <= window:
+            return
+        count = await self.count_tokens(job)
+        if count + max_tokens > window:
+            raise ProviderError(
+                ErrorCategory.CONTEXT_LENGTH,
+                f"prompt of {count} tokens (exact, llama-server /tokenize) + max_tokens "
+                f"{max_tokens} exceeds this server's context window of {window}",
+                provider=self.spec.name,
+                retryable=False,
+            )
 
     async def _ensure_ready(self) -> None:
         server = self.server
@@ -216,6 +239,7 @@ class LlamaCppBackend(OpenAIBackend):
 
     async def generate(self, job: Job, model: str, attempt: int) -> AsyncIterator[StreamEvent]:
         await self._ensure_ready()
+        await self.check_context(job)
         assert self.server is not None
         server, generation = self.server, self.server.generation
         try:
@@ -236,3 +260,15 @@ class LlamaCppBackend(OpenAIBackend):
         self, category: ErrorCategory, message: str, *, retryable: bool | None = None
     ) -> ProviderError:
         return ProviderError(category, message, provider=self.spec.name, retryable=retryable)
+
+
+def _texts(messages: list[dict[str, Any]]) -> list[str]:
+    """One string per message: its text parts joined."""
+    out = []
+    for msg in messages:
+        content = msg.get("content")
+        if isinstance(content, list):
+            out.append("".join(str(p.get("text", "")) for p in content))
+        else:
+            out.append(str(content or ""))
+    return out

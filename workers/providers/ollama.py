@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from catalog.schemas import SCHEMAS, put, schema_features
 from protocol.errors import ErrorCategory as C
 from protocol.job import Job
 from protocol.schema import Either, Float, Int, Key, Str
@@ -31,18 +32,9 @@ from workers.spec import ProviderSpec
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
 
-# Canonical parameter -> key in Ollama's `options`.
-OPTIONS = {
-    "max_tokens": "num_predict",
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "top_k": "top_k",
-    "stop": "stop",
-    "seed": "seed",
-    "repeat_penalty": "repeat_penalty",
-    "presence_penalty": "presence_penalty",
-    "frequency_penalty": "frequency_penalty",
-}
+SCHEMA = SCHEMAS["ollama"]
+# Canonical parameters that go into `options` (schema names "options.<key>").
+OPTIONS = {k: p.name for k, p in SCHEMA.params.items() if p.name.startswith("options.")}
 
 ERRORS = ErrorTable(
     phrases=(
@@ -170,7 +162,8 @@ class OllamaBackend(HttpBackend):
     key_required = False
     errors = ERRORS
     # No tool_choice: Ollama cannot force or forbid a tool call.
-    features = frozenset({*OPTIONS, "response_format", "tools", "vision"})
+    schema = SCHEMA
+    features = schema_features(SCHEMA)
     option_keys: ClassVar[Mapping[str, Key]] = {
         "keep_alive": Either(Str(), Float()),  # "5m", or seconds (negative: keep loaded)
         "num_ctx": Int(min=1),
@@ -182,18 +175,18 @@ class OllamaBackend(HttpBackend):
             self.base_url = ollama_host(os.environ.get("OLLAMA_HOST"))
 
     def build_body(self, job: Job, model: str) -> dict[str, Any]:
-        params = job.params
+        params = self.checked_params(job)
         opts = self.spec.options
         body: dict[str, Any] = {
             "model": model,
             "messages": [_message(m, self.spec.name) for m in job.messages],
             "stream": job.stream,  # Ollama streams unless told otherwise
         }
-        options = {OPTIONS[k]: v for k, v in params.items() if k in OPTIONS}
+        for name, value in params.items():
+            if name in OPTIONS:
+                put(body, OPTIONS[name], value)
         if opts.get("num_ctx"):
-            options["num_ctx"] = int(opts["num_ctx"])
-        if options:
-            body["options"] = options
+            put(body, "options.num_ctx", int(opts["num_ctx"]))
         fmt = params.get("response_format")
         if fmt and fmt["type"] == "json_object":
             body["format"] = "json"

@@ -1,7 +1,7 @@
 """OpenAI Chat Completions, and any OpenAI-compatible server (llama-server, vLLM...) by base_url.
 
 Subclasses (OpenRouter, llama.cpp) change class attributes: `default_base_url`, `api_key_env`,
-`key_required`, `max_tokens_field`, `passthrough` + `features`, and override the hooks.
+`key_required`, `schema` + `features` (catalog.schemas), and override the hooks.
 Options: base_url, api_key / api_key_env, max_tokens_field ("max_completion_tokens" or
 "max_tokens"), include_usage (bool), extra_body (dict merged into every request),
 organization, project.
@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from catalog.schemas import SCHEMAS, schema_features
 from protocol.errors import ErrorCategory as C
 from protocol.job import Job
 from protocol.schema import Bool, Key, Str, Table
@@ -26,24 +27,8 @@ from workers.http import (
     StreamError,
     StreamMapper,
     load_json,
-    unsupported,
     usage,
 )
-
-# Canonical parameters whose OpenAI name and meaning are the canonical ones.
-PASSTHROUGH: dict[str, str] = {
-    name: name
-    for name in (
-        "temperature",
-        "top_p",
-        "seed",
-        "presence_penalty",
-        "frequency_penalty",
-        "response_format",
-        "tools",
-        "tool_choice",
-    )
-}
 
 ERRORS = ErrorTable(
     codes={
@@ -75,7 +60,11 @@ ERRORS = ErrorTable(
 def chat_usage(raw: Any) -> dict[str, Any]:
     if not isinstance(raw, Mapping):
         return {}
-    return usage(raw.get("prompt_tokens"), raw.get("completion_tokens"), raw.get("cost"))
+    details = raw.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
+    return usage(
+        raw.get("prompt_tokens"), raw.get("completion_tokens"), raw.get("cost"), cached=cached
+    )
 
 
 def _dict(value: Any, what: str) -> dict[str, Any]:
@@ -155,10 +144,8 @@ class OpenAIBackend(HttpBackend):
     default_base_url = "https://api.openai.com/v1"
     api_key_env: ClassVar[str | None] = "OPENAI_API_KEY"
     errors = ERRORS
-    passthrough: ClassVar[Mapping[str, str]] = PASSTHROUGH
-    features = frozenset(PASSTHROUGH) | {"max_tokens", "stop", "vision"}
-    max_tokens_field: ClassVar[str] = "max_completion_tokens"
-    max_stop: ClassVar[int | None] = 4  # OpenAI accepts at most four stop strings
+    schema = SCHEMAS["openai"]
+    features = schema_features(SCHEMAS["openai"])
     include_usage: ClassVar[bool] = True  # ask for the usage chunk (stream_options)
 
     option_keys: ClassVar[Mapping[str, Key]] = {
@@ -180,19 +167,15 @@ class OpenAIBackend(HttpBackend):
 
     def build_body(self, job: Job, model: str) -> dict[str, Any]:
         opts = self.spec.options
-        params = job.params
         body: dict[str, Any] = {"model": model, "messages": job.messages, "stream": job.stream}
         if job.stream and opts.get("include_usage", self.include_usage):
             body["stream_options"] = {"include_usage": True}
-        if "max_tokens" in params:
-            body[str(opts.get("max_tokens_field", self.max_tokens_field))] = params["max_tokens"]
-        if "stop" in params:
-            if self.max_stop is not None and len(params["stop"]) > self.max_stop:
-                raise unsupported(self.spec.name, f"stop: at most {self.max_stop} sequences")
-            body["stop"] = params["stop"]
-        for name, field in self.passthrough.items():
-            if name in params:
-                body[field] = params[name]
+        names = self.schema.params
+        for name, value in self.checked_params(job).items():
+            field = names[name].name
+            if name == "max_tokens":  # OpenAI-compatible servers may want the older name
+                field = str(opts.get("max_tokens_field", field))
+            body[field] = value
         body.update(opts.get("extra_body") or {})
         return body
 

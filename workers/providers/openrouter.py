@@ -14,12 +14,13 @@ import json
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from catalog.schemas import SCHEMAS, schema_features
 from protocol.errors import ErrorCategory as C
 from protocol.job import Job
 from protocol.schema import Key, Str, Table
 from workers.classify import ErrorTable
-from workers.http import ErrorInfo, unsupported
-from workers.providers.openai import PASSTHROUGH, OpenAIBackend
+from workers.http import ErrorInfo
+from workers.providers.openai import OpenAIBackend
 from workers.ratelimit import GENERIC, OPENAI
 
 ERRORS = ErrorTable(
@@ -75,10 +76,8 @@ class OpenRouterBackend(OpenAIBackend):
     api_key_env: ClassVar[str | None] = "OPENROUTER_API_KEY"
     errors = ERRORS
     ratelimit_headers = (OPENAI, GENERIC)  # GENERIC: on OpenRouter's own 429s only
-    passthrough = {**PASSTHROUGH, "top_k": "top_k", "repeat_penalty": "repetition_penalty"}
-    features = frozenset(passthrough) | {"max_tokens", "stop", "vision"}
-    max_tokens_field = "max_tokens"
-    max_stop = None
+    schema = SCHEMAS["openrouter"]
+    features = schema_features(SCHEMAS["openrouter"])
     include_usage = False  # usage is always in the final chunk
     # GET /models: {"data": [{"id": ...}], "total_count": N, "links": {"next": url | null}}
     models_params: ClassVar[Mapping[str, str]] = {"limit": "1000"}
@@ -105,9 +104,6 @@ class OpenRouterBackend(OpenAIBackend):
         return headers
 
     def build_body(self, job: Job, model: str) -> dict[str, Any]:
-        penalty = job.params.get("repeat_penalty")
-        if penalty is not None and not 0 < penalty <= 2:
-            raise unsupported(self.spec.name, "repeat_penalty outside OpenRouter's (0, 2]")
         body = super().build_body(job, model)
         provider = {"require_parameters": True, **(self.spec.options.get("provider") or {})}
         body["provider"] = provider
