@@ -41,6 +41,7 @@ def relay(front: str, back: str) -> None:
     clients.bind(front)
     workers.bind(back)
     ready: list[bytes] = []
+    waiting: list[list[zmq.Frame]] = []
     turn = 0
     poller = zmq.Poller()
     poller.register(clients, zmq.POLLIN)
@@ -55,11 +56,15 @@ def relay(front: str, back: str) -> None:
                 if sock is workers:
                     if len(frames) == 2:  # [worker, "ready"]
                         ready.append(frames[0].bytes)
+                        while waiting:  # jobs that came before any worker
+                            workers.send_multipart([ready[0], *waiting.pop()], copy=False)
                     else:  # [worker, client, payload]
                         clients.send_multipart(frames[1:], copy=False)
                 elif ready:
                     turn = (turn + 1) % len(ready)
                     workers.send_multipart([ready[turn], *frames], copy=False)
+                else:
+                    waiting.append(frames)
 
 
 def worker(connect: str, frames: int) -> None:
