@@ -10,6 +10,7 @@ the files it would download them, which is never done at run time).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,19 +56,46 @@ def estimate(messages: Sequence[dict[str, Any]]) -> TokenCount:
     return TokenCount(tokens, False, "estimate")
 
 
+class _NoDownload(OSError):
+    pass
+
+
+@functools.cache
+def _encoding(model: str) -> Any:
+    """tiktoken's encoding for `model` from its local cache, or None; looked up once.
+
+    On a cache miss tiktoken would download the file, inside the broker's loop on every job
+    (each try stalling it for a DNS timeout offline); its fetch is refused here instead.
+    """
+    try:
+        import tiktoken
+        import tiktoken.load
+    except ImportError:
+        return None
+    fetch = tiktoken.load.read_file
+    if not getattr(fetch, "llmrelay_offline", False):
+
+        def offline(blobpath: str) -> bytes:
+            if blobpath.startswith(("http://", "https://")):
+                raise _NoDownload(f"not downloading {blobpath} at run time")
+            return fetch(blobpath)
+
+        offline.llmrelay_offline = True  # type: ignore[attr-defined]
+        tiktoken.load.read_file = offline
+    try:
+        try:
+            return tiktoken.encoding_for_model(model)
+        except KeyError:
+            return tiktoken.get_encoding("o200k_base")
+    except Exception:  # no cached encoding file: not exact, say so
+        return None
+
+
 def tiktoken_count(model: str, messages: Sequence[dict[str, Any]]) -> TokenCount | None:
     """OpenAI's count for `model` (text parts; 3 tokens per message + 3 to prime the reply,
     as OpenAI's cookbook counts chat prompts), or None without tiktoken or its files."""
-    try:
-        import tiktoken
-    except ImportError:
-        return None
-    try:
-        try:
-            encoding = tiktoken.encoding_for_model(model)
-        except KeyError:
-            encoding = tiktoken.get_encoding("o200k_base")
-    except Exception:  # no cached encoding file and no network: not exact, say so
+    encoding = _encoding(model)
+    if encoding is None:
         return None
     texts, images = _texts(messages)
     if images:
