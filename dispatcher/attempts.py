@@ -12,12 +12,12 @@ from typing import Any
 from dispatcher.health import HealthBook
 from dispatcher.jobs import JobState, WorkerState
 from dispatcher.pacing import Pacer
-from dispatcher.retry import HOLD_SECONDS, MODEL_FAILURES, RetryPolicy, parse_retry_after
+from dispatcher.retry import RetryPolicy, parse_retry_after
 from dispatcher.routing import Candidate
 from dispatcher.scheduling import Scheduler
 from dispatcher.worker_book import WorkerBook
 from protocol import messages as m
-from protocol.errors import HEALTH_FAILURES, ErrorCategory
+from protocol.errors import FAILURE_CLASSES, ErrorCategory, HealthScope
 
 
 class AttemptOutcomes:
@@ -183,16 +183,19 @@ class AttemptOutcomes:
         now: float,
     ) -> None:
         """Feed the circuit breakers and the pacer with what this failure says."""
+        row = FAILURE_CLASSES[category]
         prov_health, pair_health = self.health.pair(provider, model)
-        if category in HEALTH_FAILURES or category in MODEL_FAILURES:
-            entries = [pair_health] if category in MODEL_FAILURES else [prov_health, pair_health]
+        if row.health is HealthScope.NONE:
+            prov_health.release_probe()
+            pair_health.release_probe()
+        else:
+            entries = (
+                [pair_health] if row.health is HealthScope.MODEL else [prov_health, pair_health]
+            )
             for entry in entries:
-                if entry.record_failure(now, category.value, hold=HOLD_SECONDS.get(category)):
+                if entry.record_failure(now, category.value, hold=row.hold):
                     self.log.warning(
                         "circuit_opened", provider=entry.key, reopens_in=entry.cooldown
                     )
-        else:
-            prov_health.release_probe()
-            pair_health.release_probe()
-        if category is ErrorCategory.RATE_LIMITED and provider in self.pacers:
+        if row.pauses_provider and provider in self.pacers:
             self.pacers[provider].pause(now + (retry_after or 1.0))

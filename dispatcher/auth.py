@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from protocol.transport import (
-    CLIENT_PUBLIC_ENV,
-    CLIENT_SECRET_ENV,
-    SERVER_KEY_ENV,
-    SocketOptions,
-)
+from protocol.constants import CLIENT_PUBLIC_ENV, CLIENT_SECRET_ENV, SERVER_KEY_ENV
+from protocol.transport import SocketOptions
 
 
 class _AllowList:
@@ -27,24 +22,25 @@ class _AllowList:
 
 def start_authenticator(
     ctx: zmq.Context[Any], opts: SocketOptions, allowed: list[str] | None
-) -> ThreadAuthenticator | None:
+) -> tuple[ThreadAuthenticator | None, dict[str, str]]:
     """Admit the given client keys (or any key when None) plus the broker's own workers.
 
-    The workers the broker spawns inherit the server's public key and, with an allow-list,
-    a keypair made here for them, through the environment (never argv).
+    Returns the authenticator and the environment the workers the broker spawns need: the
+    server's public key and, with an allow-list, a keypair made here for them. The caller
+    hands it to the supervisor (never argv, and never this process's own os.environ).
     """
     if not opts.curve:
-        return None
+        return None, {}
     auth = ThreadAuthenticator(ctx)
     auth.start()
+    assert opts.server_public_key is not None
+    worker_env = {SERVER_KEY_ENV: opts.server_public_key}
     if allowed is None:
         auth.configure_curve(domain="*", location=zmq.auth.CURVE_ALLOW_ANY)
     else:
         public, secret = zmq.curve_keypair()
-        os.environ[CLIENT_PUBLIC_ENV] = public.decode()
-        os.environ[CLIENT_SECRET_ENV] = secret.decode()
+        worker_env[CLIENT_PUBLIC_ENV] = public.decode()
+        worker_env[CLIENT_SECRET_ENV] = secret.decode()
         keys = {k.encode() for k in allowed} | {public}
         auth.configure_curve_callback(domain="*", credentials_provider=_AllowList(keys))
-    assert opts.server_public_key is not None
-    os.environ[SERVER_KEY_ENV] = opts.server_public_key
-    return auth
+    return auth, worker_env

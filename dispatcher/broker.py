@@ -36,7 +36,9 @@ class Broker:
         bc = self.bc = config.broker
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.opts = bc.socket_options()
-        self.authenticator = start_authenticator(self.ctx, self.opts, bc.curve_allowed_clients)
+        self.authenticator, worker_env = start_authenticator(
+            self.ctx, self.opts, bc.curve_allowed_clients
+        )
         self.clients = self._router(bc.client_endpoint)
         self.workers_sock = self._router(bc.worker_endpoint)
         self.client_endpoint = self.clients.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -54,6 +56,7 @@ class Broker:
             flap_window=bc.flap_window,
             heartbeat_interval=bc.heartbeat_interval,
             private_env=frozenset(filter(None, [bc.curve_secret_key_env])),
+            child_env=worker_env,
         )
         now = time.monotonic()
         self.core = BrokerCore(

@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
+
 from catalog.capabilities import CatalogError, shipped
 from catalog.cost import estimate_cost, job_cost
 from catalog.discovery import DEFAULT_TTL, DiscoveryCache
@@ -28,6 +30,7 @@ QUERIES = m.CATALOG_QUERIES
 # Kinds whose workers count exactly (llama-server /tokenize, Anthropic count_tokens);
 # OpenAI models are counted in the broker with tiktoken when it is installed.
 WORKER_COUNTED = ("llamacpp", "anthropic")
+STALE_RETRY = 60.0  # seconds before a source whose last fetch failed is tried again
 COUNT_WAIT = 10.0  # seconds a count_tokens query waits for the workers' exact counts
 CountOn = Callable[[str, str, list[dict[str, Any]], str], bool]
 
@@ -66,6 +69,9 @@ class CatalogService:
         self.again = False  # run it once more when it ends (a refresh asked meanwhile)
         self.pending: list[tuple[m.CatalogQuery, Callable[[m.Message], Any]]] = []
         self.counting: dict[str, _Counting] = {}  # count_tokens queries waiting for workers
+        self.ttl = ttl
+        self.next_discovery: float | None = None  # broker clock of the next TTL run
+        self.log = structlog.get_logger("llmrelay.catalog").bind(component="broker")
 
     def start(self, *, refresh: bool = False, force: bool = False) -> None:
         """Discover in the background. A run already going is left to finish; a forced
@@ -85,7 +91,15 @@ class CatalogService:
     def _discover(self, refresh: bool) -> None:
         while True:
             try:
-                self.catalog.discover(refresh=refresh)
+                for snap in self.catalog.discover(refresh=refresh):
+                    if snap.stale:
+                        self.log.warning("catalog_stale", provider=snap.provider, error=snap.error)
+                    else:
+                        self.log.info(
+                            "catalog_fetched", provider=snap.provider, models=len(snap.models)
+                        )
+            except Exception:  # discovery must never take the broker down
+                self.log.exception("catalog_discovery_failed")
             finally:
                 with self.lock:
                     again, self.again = self.again, False
@@ -179,6 +193,14 @@ class CatalogService:
                 overdue.send(m.CatalogReply(request=overdue.msg.request, result=overdue.result))
         with self.lock:
             busy = self.running
+        if self.next_discovery is None:
+            self.next_discovery = now + self.ttl
+        elif now >= self.next_discovery and not busy:
+            # Past the TTL: refetch (the cache decides per provider; a failed source was
+            # marked stale and is retried within a minute).
+            stale = any(s.stale for s in self.catalog.live.values())
+            self.next_discovery = now + (min(self.ttl, STALE_RETRY) if stale else self.ttl)
+            self.start()
         if self.pending and not busy:
             pending, self.pending = self.pending, []
             for msg, send in pending:

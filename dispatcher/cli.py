@@ -16,9 +16,11 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
+from catalog.capabilities import FLAGS
 from dispatcher.config import ConfigError, load_config
 from protocol import logs
 from protocol.client import CONNECT_TIMEOUT, DEFAULT_ENDPOINT, AsyncClient
+from protocol.constants import CONFIG_ENV, DEFAULT_WORKER_ENDPOINT, SPEC_ENV
 from protocol.errors import ProtocolViolation, ProviderError
 from protocol.results import Done, Reset, Token
 from workers.registry import KINDS
@@ -53,12 +55,10 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 
 
 def _worker_spec(args: argparse.Namespace) -> ProviderSpec:
-    raw = os.environ.get("LLMRELAY_WORKER_SPEC")
+    raw = os.environ.get(SPEC_ENV)
     if raw:  # spawned by the broker: the spec travels in the environment, never in argv
         return ProviderSpec(**json.loads(raw))
-    config = (
-        load_config(args.config) if (args.config or os.environ.get("LLMRELAY_CONFIG")) else None
-    )
+    config = load_config(args.config) if (args.config or os.environ.get(CONFIG_ENV)) else None
     if config is not None and args.provider in config.providers:
         return config.providers[args.provider]
     if args.provider in KINDS:
@@ -288,9 +288,7 @@ def _add_keys_parser(sub: Any) -> None:
 def _add_models_parser(sub: Any) -> None:
     models = sub.add_parser("models", help="the catalog: models, capabilities, prices")
     models.add_argument("--provider", help="only this configured provider")
-    models.add_argument(
-        "--capability", help="only models with it: vision, tools, json_object, json_schema, ..."
-    )
+    models.add_argument("--capability", choices=FLAGS, help="only models with it")
     models.add_argument("--refresh", action="store_true", help="refetch live model data first")
     models.add_argument("--json", action="store_true")
     models.add_argument("--endpoint", default=DEFAULT_ENDPOINT)
@@ -324,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run one worker process for a provider")
     worker.add_argument("--provider", required=True, help="provider name in the config, or a kind")
-    worker.add_argument("--connect", default="tcp://127.0.0.1:5556", help="broker worker endpoint")
+    worker.add_argument("--connect", default=DEFAULT_WORKER_ENDPOINT, help="broker worker endpoint")
     worker.add_argument("--config")
     worker.add_argument("--capacity", type=_positive(int))
     worker.add_argument("--heartbeat-interval", type=_positive(float), default=1.0)

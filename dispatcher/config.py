@@ -16,6 +16,7 @@ from typing import Any
 
 from catalog.capabilities import CatalogError
 from catalog.registry import check_overrides
+from protocol.constants import CONFIG_ENV, DEFAULT_CLIENT_ENDPOINT, DEFAULT_WORKER_ENDPOINT
 from protocol.schema import (
     ConfigError,
     Key,
@@ -31,10 +32,6 @@ from protocol.schema import (
 from protocol.transport import SocketOptions
 from workers.registry import KINDS, backend_class
 from workers.spec import ProviderSpec
-
-DEFAULT_CLIENT_ENDPOINT = "tcp://127.0.0.1:5555"
-DEFAULT_WORKER_ENDPOINT = "tcp://127.0.0.1:5556"
-
 
 __all__ = ["ConfigError", "load_config", "parse_config"]
 
@@ -217,7 +214,7 @@ def resolved(config: Config) -> dict[str, Any]:
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     """Read `path`, else $LLMRELAY_CONFIG, else run with defaults."""
-    chosen = path or os.environ.get("LLMRELAY_CONFIG")
+    chosen = path or os.environ.get(CONFIG_ENV)
     if not chosen:
         return default_config()
     file = Path(chosen)

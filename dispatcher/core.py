@@ -31,8 +31,6 @@ from workers.registry import static_features
 
 log = structlog.get_logger("llmrelay.broker")
 
-REJECTED = "registration rejected"  # prefix a worker treats as fatal
-
 
 class ProcessControl(Protocol):
     """What the core asks of whoever runs the local worker processes (the supervisor)."""
@@ -272,7 +270,7 @@ class BrokerCore:
             self._worker_lost(old, "worker registered again", now)
         if msg.provider not in self.config.providers:
             self.log.warning("worker_rejected", provider=msg.provider, reason="unknown provider")
-            reply = m.Error(message=f"{REJECTED}: unknown provider {msg.provider!r}")
+            reply = m.Rejected(reason=f"unknown provider {msg.provider!r}")
             self.outbox.to_worker(identity, reply)
             return
         worker = WorkerState(

@@ -10,17 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.errors import DISPOSITION, Disposition, ErrorCategory
+from protocol.errors import FAILURE_CLASSES, Disposition, ErrorCategory
 
-# Failures that say the provider will refuse everything for a while: open its circuit at once.
-HOLD_SECONDS = {
-    ErrorCategory.AUTH: 300.0,
-    ErrorCategory.PERMISSION: 300.0,
-    ErrorCategory.QUOTA_EXHAUSTED: 600.0,
-}
-# Failures about the model rather than the provider: only the provider:model entry counts them.
-# (context_length is about the caller's prompt, so it feeds no circuit at all.)
-MODEL_FAILURES = frozenset({ErrorCategory.NOT_FOUND})
 MAX_RETRY_AFTER = 900.0  # a provider asking for longer is treated as down for that long
 
 
@@ -59,7 +50,7 @@ class RetryPolicy:
         retry_after: float | None,
         tries_here: int,
     ) -> Decision:
-        disposition = DISPOSITION[category]
+        disposition = FAILURE_CLASSES[category].disposition
         if disposition is Disposition.FINAL:
             return Decision(give_up="not retryable")
         if attempt >= max_attempts:

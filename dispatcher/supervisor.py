@@ -14,27 +14,26 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import psutil
 import structlog
 
-from workers.procutil import CONFIG_ERROR, die_with_parent_preexec, signal_group
+from protocol.constants import SPEC_ENV
+from workers.procutil import CONFIG_ERROR, RestartBudget, die_with_parent_preexec, signal_group
 from workers.spec import ProviderSpec
 
 log = structlog.get_logger("llmrelay.supervisor")
-
-SPEC_ENV = "LLMRELAY_WORKER_SPEC"
 
 
 @dataclass(slots=True)
 class Managed:
     spec: ProviderSpec
     replica: int
+    budget: RestartBudget
     proc: subprocess.Popen[bytes] | None = None
-    restarts: list[float] = field(default_factory=list)
     next_start: float = 0.0
-    backoff: float = 0.0
+    backoff: float = 0.0  # the delay before the pending restart (0 once it registered)
     gave_up: bool = False
     exits_unready: int = 0  # exits since the worker last registered with the broker
 
@@ -55,16 +54,16 @@ class Supervisor:
         flap_window: float = 60.0,
         heartbeat_interval: float = 1.0,
         private_env: frozenset[str] = frozenset(),
+        child_env: dict[str, str] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.private_env = private_env  # e.g. the broker's CURVE secret: workers never see it
-        self.base_backoff = backoff
-        self.backoff_max = backoff_max
+        self.child_env = dict(child_env or {})  # added for every worker (e.g. its CURVE keys)
         self.flap_restarts = flap_restarts
         self.flap_window = flap_window
         self.heartbeat_interval = heartbeat_interval
         self.managed = [
-            Managed(spec, replica)
+            Managed(spec, replica, RestartBudget(backoff, backoff_max, flap_restarts, flap_window))
             for spec in specs
             if spec.spawn
             for replica in range(spec.replicas)
@@ -72,6 +71,7 @@ class Supervisor:
 
     def _start(self, item: Managed) -> None:
         env = {k: v for k, v in os.environ.items() if k not in self.private_env}
+        env.update(self.child_env)
         env[SPEC_ENV] = json.dumps(asdict(item.spec))
         argv = [
             sys.executable,
@@ -112,7 +112,6 @@ class Supervisor:
                 log.warning("worker_exited", worker=item.label, pid=item.proc.pid, returncode=code)
                 exited.append(item.proc.pid)
                 item.proc = None
-                item.restarts = [t for t in item.restarts if now - t < self.flap_window]
                 if code == CONFIG_ERROR:
                     item.gave_up = True
                     log.error("worker_config_error", worker=item.label, returncode=code)
@@ -120,23 +119,19 @@ class Supervisor:
                 item.exits_unready += 1
                 # Fast loops trip the window; slow ones (a server that fails after a long
                 # load) trip the count of exits without ever registering in between.
-                if len(item.restarts) >= self.flap_restarts or (
-                    item.exits_unready > 2 * self.flap_restarts
-                ):
+                if item.budget.flapping(now) or item.exits_unready > 2 * self.flap_restarts:
                     item.gave_up = True
                     log.error(
                         "worker_flapping",
                         worker=item.label,
-                        restarts=len(item.restarts),
+                        restarts=item.budget.recent(now),
                         window=self.flap_window,
                     )
                     continue
-                item.backoff = (
-                    min(item.backoff * 2, self.backoff_max) if item.backoff else self.base_backoff
-                )
+                item.backoff = item.budget.delay(item.exits_unready)
                 item.next_start = now + item.backoff
             if now >= item.next_start:
-                item.restarts.append(now)
+                item.budget.record(now)
                 self._start(item)
                 log.info("worker_restarted", worker=item.label, backoff=item.backoff)
         return exited
@@ -161,7 +156,7 @@ class Supervisor:
             {
                 "worker": item.label,
                 "pid": item.proc.pid if item.proc else None,
-                "restarts": len(item.restarts),
+                "restarts": len(item.budget.times),
                 "gave_up": item.gave_up,
             }
             for item in self.managed

@@ -22,17 +22,16 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import zmq
-
 from protocol import messages as m
+from protocol.constants import DEFAULT_CLIENT_ENDPOINT, ENDPOINT_ENV
 from protocol.errors import ErrorCategory, ProtocolViolation, ProviderError
 from protocol.job import Job, new_job_id
-from protocol.readiness import Readiness
+from protocol.peer import PeerLink
 from protocol.results import Done, Event, Reset, Result, Token
-from protocol.transport import SocketOptions, apply_client_curve, tune_socket
+from protocol.transport import SocketOptions
 from protocol.validate import need_id
 
-DEFAULT_ENDPOINT = os.environ.get("LLMRELAY_ENDPOINT", "tcp://127.0.0.1:5555")
+DEFAULT_ENDPOINT = os.environ.get(ENDPOINT_ENV, DEFAULT_CLIENT_ENDPOINT)
 # Seconds a call waits for the first word from a broker before failing broker_unreachable.
 # ZeroMQ connects lazily and silently, so without it a client with no broker waits forever.
 CONNECT_TIMEOUT = 5.0
@@ -133,18 +132,24 @@ class AsyncClient:
         host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:60]
         self.name = need_id(name or f"{host}-{os.getpid()}-{secrets.token_hex(3)}", "client name")
         self.heartbeat_interval = heartbeat_interval
-        self.liveness = liveness
         self.socket_options = socket_options or SocketOptions.from_env()
-        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-        self.link: Readiness | None = None
+        self.link = PeerLink(
+            endpoint,
+            self.socket_options,
+            lambda: b"c-" + secrets.token_hex(6).encode(),
+            heartbeat_interval=heartbeat_interval,
+            liveness=liveness,
+            on_reopen=self._resubmit_all,
+        )
         self.pending: dict[str, _Pending] = {}
         self.status_waiters: list[asyncio.Future[dict[str, Any]]] = []
         self.catalog_waiters: dict[str, asyncio.Future[m.CatalogReply]] = {}
         self.tasks: list[asyncio.Task[None]] = []
-        self.last_heard = 0.0
-        self.reconnects = 0
-        self.want_reconnect = False
         self._start_lock: asyncio.Lock | None = None
+
+    @property
+    def reconnects(self) -> int:
+        return self.link.reconnects
 
     async def __aenter__(self) -> AsyncClient:
         await self._ensure_started()
@@ -156,33 +161,21 @@ class AsyncClient:
     # --- connection ---------------------------------------------------------------------
 
     async def _ensure_started(self) -> None:
-        if self.link is not None:
+        if self.link.is_open:
             return
         if self._start_lock is None:
             self._start_lock = asyncio.Lock()
         async with self._start_lock:
-            if self.link is None:
-                self._open()
+            if not self.link.is_open:
+                self.link.open()
                 self.tasks = [
                     asyncio.create_task(self._receiver()),
                     asyncio.create_task(self._heartbeat()),
                 ]
 
-    def _open(self) -> None:
-        sock: zmq.Socket[bytes] = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.IDENTITY, b"c-" + secrets.token_hex(6).encode())
-        tune_socket(sock, self.socket_options)
-        apply_client_curve(sock, self.socket_options)
-        sock.connect(self.endpoint)
-        self.link = Readiness(sock)
-        self.last_heard = time.monotonic()
-
-    async def _reconnect(self) -> None:
-        """The broker went silent: new socket, then resubmit every unfinished job by id."""
-        self.reconnects += 1
-        assert self.link is not None
-        self.link.close()
-        self._open()
+    async def _resubmit_all(self, reason: str) -> None:
+        """The broker went silent and the link has a new socket: resubmit every unfinished job
+        by id (resubmission is idempotent on the broker)."""
         for pending in list(self.pending.values()):
             if not pending.finished:
                 await self._send_submit(pending)
@@ -194,13 +187,10 @@ class AsyncClient:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self.tasks = []
-        if self.link is not None:
-            self.link.close()
-            self.link = None
+        self.link.close()
 
     async def _send(self, msg: m.Message) -> None:
         await self._ensure_started()
-        assert self.link is not None
         await self.link.send([msg.encode()])
 
     async def _send_submit(self, pending: _Pending) -> None:
@@ -216,23 +206,18 @@ class AsyncClient:
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_interval)
-            silent = time.monotonic() - self.last_heard
-            if silent > self.heartbeat_interval * self.liveness and self.pending:
-                self.want_reconnect = True  # the receiver swaps sockets between two polls
+            if self.link.is_silent(time.monotonic()) and self.pending:
+                self.link.request_reconnect("broker silent")  # swapped between two polls
             else:
                 await self._send(m.Ping())
 
     async def _receiver(self) -> None:
         while True:
-            if self.want_reconnect:
-                self.want_reconnect = False
-                await self._reconnect()
-            assert self.link is not None
-            if not await self.link.wait(zmq.POLLIN, 0.1):
+            batch = await self.link.receive(100)
+            if not batch:
                 continue
-            self.last_heard = time.monotonic()
             self.heard_broker = True
-            for frames in self.link.drain():
+            for frames in batch:
                 try:
                     self._handle(frames)
                 except (ProtocolViolation, ValueError, KeyError, TypeError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -44,43 +45,64 @@ class Disposition(StrEnum):
     FINAL = "final"  # no other attempt can succeed
 
 
-DISPOSITION: dict[ErrorCategory, Disposition] = {
-    ErrorCategory.AUTH: Disposition.FAILOVER,
-    ErrorCategory.PERMISSION: Disposition.FAILOVER,
-    ErrorCategory.QUOTA_EXHAUSTED: Disposition.FAILOVER,
-    ErrorCategory.RATE_LIMITED: Disposition.RETRY,
-    ErrorCategory.OVERLOADED: Disposition.RETRY,
-    ErrorCategory.NOT_FOUND: Disposition.FAILOVER,
-    ErrorCategory.INVALID_REQUEST: Disposition.FINAL,
-    ErrorCategory.CONTEXT_LENGTH: Disposition.FAILOVER,
-    ErrorCategory.CONTENT_FILTER: Disposition.FINAL,
-    ErrorCategory.SERVER_ERROR: Disposition.RETRY,
-    ErrorCategory.NETWORK: Disposition.RETRY,
-    ErrorCategory.CANCELLED: Disposition.FINAL,
-    ErrorCategory.DEADLINE: Disposition.FINAL,
-    ErrorCategory.PROTOCOL: Disposition.RETRY,
-    ErrorCategory.UNSUPPORTED: Disposition.FAILOVER,
-    ErrorCategory.BROKER_BUSY: Disposition.FINAL,
-    ErrorCategory.NO_PROVIDER: Disposition.FINAL,
-    ErrorCategory.WORKER_LOST: Disposition.RETRY,
-    ErrorCategory.BROKER_UNREACHABLE: Disposition.FINAL,
-}
+class HealthScope(StrEnum):
+    """Which circuit breakers a failure of this category counts on."""
 
-# Failures that say something about the provider's health (they feed the circuit breaker).
+    PROVIDER = "provider"  # the provider's entry and its provider:model entry
+    MODEL = "model"  # the provider:model entry alone (the model is missing, not the provider)
+    NONE = "none"  # says nothing about the backend; only frees a half-open probe slot
+
+
+class Retrier(StrEnum):
+    """Who tries again after a failure of this category."""
+
+    BROKER = "broker"  # the broker: here after a delay, or on the next candidate
+    CLIENT = "client"  # the caller, later (AsyncClient.map waits and resubmits broker_busy)
+    NOBODY = "nobody"
+
+
+@dataclass(frozen=True, slots=True)
+class FailureClass:
+    """Everything the system does about one error category, in one row."""
+
+    disposition: Disposition
+    health: HealthScope
+    retried_by: Retrier
+    hold: float | None = None  # seconds both circuits open at once (the provider refuses all)
+    pauses_provider: bool = False  # stop dispatching to the provider for retry_after (or 1 s)
+
+
+_D, _H, _R = Disposition, HealthScope, Retrier
 # A bad request or a cancel says nothing about the backend, and a lost worker process is the
 # supervisor's business (it restarts it), not a verdict on the provider behind it.
-HEALTH_FAILURES = frozenset(
-    {
-        ErrorCategory.RATE_LIMITED,
-        ErrorCategory.OVERLOADED,
-        ErrorCategory.SERVER_ERROR,
-        ErrorCategory.NETWORK,
-        ErrorCategory.PROTOCOL,
-        ErrorCategory.AUTH,
-        ErrorCategory.PERMISSION,
-        ErrorCategory.QUOTA_EXHAUSTED,
-    }
-)
+# context_length is about the caller's prompt, so it feeds no circuit at all.
+FAILURE_CLASSES: dict[ErrorCategory, FailureClass] = {
+    ErrorCategory.AUTH: FailureClass(_D.FAILOVER, _H.PROVIDER, _R.BROKER, hold=300.0),
+    ErrorCategory.PERMISSION: FailureClass(_D.FAILOVER, _H.PROVIDER, _R.BROKER, hold=300.0),
+    ErrorCategory.QUOTA_EXHAUSTED: FailureClass(_D.FAILOVER, _H.PROVIDER, _R.BROKER, hold=600.0),
+    ErrorCategory.RATE_LIMITED: FailureClass(
+        _D.RETRY, _H.PROVIDER, _R.BROKER, pauses_provider=True
+    ),
+    ErrorCategory.OVERLOADED: FailureClass(_D.RETRY, _H.PROVIDER, _R.BROKER),
+    ErrorCategory.NOT_FOUND: FailureClass(_D.FAILOVER, _H.MODEL, _R.BROKER),
+    ErrorCategory.INVALID_REQUEST: FailureClass(_D.FINAL, _H.NONE, _R.NOBODY),
+    ErrorCategory.CONTEXT_LENGTH: FailureClass(_D.FAILOVER, _H.NONE, _R.BROKER),
+    ErrorCategory.CONTENT_FILTER: FailureClass(_D.FINAL, _H.NONE, _R.NOBODY),
+    ErrorCategory.SERVER_ERROR: FailureClass(_D.RETRY, _H.PROVIDER, _R.BROKER),
+    ErrorCategory.NETWORK: FailureClass(_D.RETRY, _H.PROVIDER, _R.BROKER),
+    ErrorCategory.CANCELLED: FailureClass(_D.FINAL, _H.NONE, _R.NOBODY),
+    ErrorCategory.DEADLINE: FailureClass(_D.FINAL, _H.NONE, _R.NOBODY),
+    ErrorCategory.PROTOCOL: FailureClass(_D.RETRY, _H.PROVIDER, _R.BROKER),
+    ErrorCategory.UNSUPPORTED: FailureClass(_D.FAILOVER, _H.NONE, _R.BROKER),
+    ErrorCategory.BROKER_BUSY: FailureClass(_D.FINAL, _H.NONE, _R.CLIENT),
+    ErrorCategory.NO_PROVIDER: FailureClass(_D.FINAL, _H.NONE, _R.NOBODY),
+    ErrorCategory.WORKER_LOST: FailureClass(_D.RETRY, _H.NONE, _R.BROKER),
+    ErrorCategory.BROKER_UNREACHABLE: FailureClass(_D.FINAL, _H.NONE, _R.NOBODY),
+}
+# The disposition column alone (what workers report as `retryable`).
+DISPOSITION: dict[ErrorCategory, Disposition] = {
+    category: row.disposition for category, row in FAILURE_CLASSES.items()
+}
 
 
 def is_retryable(category: ErrorCategory) -> bool:

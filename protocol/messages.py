@@ -319,7 +319,6 @@ class TokenCount(Message):
     error: str | None = None
 
 
-
 @dataclass(slots=True)
 class Ready(Message):
     """Worker registers: what it serves and how many jobs it runs at once."""
@@ -373,6 +372,18 @@ class Disconnect(Message):
     reason: str
 
 
+@dataclass(slots=True)
+class Rejected(Message):
+    """Broker -> worker: your registration is refused for good (e.g. unknown provider).
+
+    Restarting the worker would only repeat it, so the worker exits with CONFIG_ERROR.
+    """
+
+    TYPE = "rejected"
+    CHECKS = {"reason": _text}
+    reason: str
+
+
 __all__ = [
     "MAX_MESSAGE_BYTES",
     "VERSION",
@@ -388,6 +399,7 @@ __all__ = [
     "Ping",
     "Pong",
     "Ready",
+    "Rejected",
     "Reset",
     "StatusQuery",
     "StatusReply",

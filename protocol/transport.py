@@ -8,7 +8,10 @@ from typing import Any
 
 import zmq
 
+from protocol.constants import CLIENT_PUBLIC_ENV, CLIENT_SECRET_ENV, SERVER_KEY_ENV
 from protocol.messages import MAX_MESSAGE_BYTES
+
+__all__ = ["CLIENT_PUBLIC_ENV", "CLIENT_SECRET_ENV", "SERVER_KEY_ENV", "SocketOptions"]
 
 
 @dataclass(slots=True)
@@ -34,11 +37,6 @@ class SocketOptions:
             client_public_key=os.environ.get(CLIENT_PUBLIC_ENV) or None,
             client_secret_key=os.environ.get(CLIENT_SECRET_ENV) or None,
         )
-
-
-SERVER_KEY_ENV = "LLMRELAY_CURVE_SERVER_KEY"  # the broker's public key
-CLIENT_PUBLIC_ENV = "LLMRELAY_CURVE_PUBLIC_KEY"  # this peer's own pair (ephemeral if unset)
-CLIENT_SECRET_ENV = "LLMRELAY_CURVE_SECRET_KEY"
 
 
 def tune_socket(sock: zmq.Socket[Any], opts: SocketOptions) -> None:

@@ -509,3 +509,56 @@ def test_tiktoken_without_its_files_never_downloads(
             tiktoken_load.read_file("https://example.invalid/o200k_base.tiktoken")
     finally:
         tokens._encoding.cache_clear()
+
+
+def test_the_broker_catalog_refetches_after_its_ttl(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, openrouter_fake: FakeServer
+) -> None:
+    import time
+
+    from dispatcher.catalog_service import CatalogService
+
+    monkeypatch.setenv("LLMRELAY_CACHE_DIR", str(tmp_path))
+    config = parse_config(
+        {
+            "providers": {
+                "router": {
+                    "kind": "openrouter",
+                    "options": {"base_url": openrouter_fake.url + "/api/v1"},
+                }
+            }
+        }
+    )
+    service = CatalogService(config, ttl=30.0)
+
+    def settled() -> None:
+        deadline = time.monotonic() + 20
+        while service.running and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not service.running
+
+    service.start()
+    settled()
+    fetched = len(openrouter_fake.model_requests)
+    assert fetched >= 1 and not service.catalog.live["router"].stale
+    service.flush(0.0)  # the first tick schedules the next run a TTL later
+    service.flush(29.0)
+    settled()
+    assert len(openrouter_fake.model_requests) == fetched
+    openrouter_fake.models.ids = ["vendor/later"]
+    service.catalog.cache.clock = lambda: time.time() + 31  # type: ignore[union-attr]
+    service.flush(31.0)  # past the TTL: refetched in the background
+    settled()
+    assert len(openrouter_fake.model_requests) > fetched
+    assert "vendor/later" in service.catalog.live["router"].models
+
+
+def test_models_command_refuses_an_unknown_capability_before_connecting(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from dispatcher.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["models", "--capability", "x-ray", "--endpoint", "tcp://127.0.0.1:9"])
+    assert info.value.code == 2
+    assert "argument --capability: invalid choice: 'x-ray'" in capsys.readouterr().err

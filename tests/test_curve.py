@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
 import zmq
 
+from dispatcher.auth import start_authenticator
 from protocol.client import Client
+from protocol.constants import CLIENT_PUBLIC_ENV, CLIENT_SECRET_ENV, SERVER_KEY_ENV
 from protocol.errors import ProviderError
 from protocol.transport import SocketOptions
 
@@ -57,3 +60,22 @@ def test_curve_admits_allowed_clients_only(broker_factory: Any, monkeypatch: Any
         ):
             client.status(timeout=1.5)
     assert server_secret not in broker.log_path.read_text()
+
+
+def test_worker_keys_travel_to_the_supervisor_not_through_os_environ(monkeypatch: Any) -> None:
+    for name in (CLIENT_PUBLIC_ENV, CLIENT_SECRET_ENV, SERVER_KEY_ENV):
+        monkeypatch.delenv(name, raising=False)
+    server_public, server_secret = keypair()
+    opts = SocketOptions(server_public_key=server_public, server_secret_key=server_secret)
+    ctx: zmq.Context[Any] = zmq.Context()
+    auth, worker_env = start_authenticator(ctx, opts, allowed=[keypair()[0]])
+    try:
+        assert auth is not None
+        assert worker_env[SERVER_KEY_ENV] == server_public
+        assert len(worker_env[CLIENT_PUBLIC_ENV]) == 40 and len(worker_env[CLIENT_SECRET_ENV]) == 40
+        assert server_secret not in worker_env.values()
+        assert not {CLIENT_PUBLIC_ENV, CLIENT_SECRET_ENV, SERVER_KEY_ENV} & set(os.environ)
+    finally:
+        assert auth is not None
+        auth.stop()
+        ctx.term()

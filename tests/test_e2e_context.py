@@ -36,6 +36,7 @@ def test_too_long_for_the_small_window_goes_to_the_larger(
         assert [(a["provider"], a["outcome"]) for a in short.attempts] == [("small", "ok")]
         result = client.complete(route="chain", prompt=prompt, max_tokens=16, timeout=120)
     assert result.provider == "large" and result.usage["completion_tokens"] > 0
+    assert (result.cost, result.cost_source) == (0.0, "priced")  # local: priced at zero
     assert [(a["provider"], a["outcome"]) for a in result.attempts] == [
         ("small", "context_length"),
         ("large", "ok"),

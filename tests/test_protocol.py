@@ -42,6 +42,7 @@ def test_every_message_round_trips() -> None:
         m.Heartbeat(inflight=1, stats={"rss": 1}),
         m.Dispatch(job=job(), attempt=1, model="echo"),
         m.Disconnect(reason="bye"),
+        m.Rejected(reason="unknown provider 'x'"),
     ]
     assert {type(s) for s in samples} == set(m.REGISTRY.values())
     for sample in samples:

@@ -10,8 +10,8 @@ import asyncio
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
-from contextlib import AbstractContextManager, aclosing, suppress
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, aclosing, contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, ClassVar, TypeVar
@@ -289,7 +289,7 @@ class HttpBackend(Backend):
         ids: dict[str, None] = {}  # ordered and deduplicated
         params: Mapping[str, str] | None = self.models_params
         seen = 0
-        try:
+        with self._provider_errors("model list", "model list: ", "model list timed out"):
             for _ in range(MAX_MODEL_PAGES):
                 if params is None or len(ids) >= MAX_MODELS:
                     break
@@ -309,16 +309,6 @@ class HttpBackend(Backend):
                     if isinstance(item, str) and 0 < len(item) <= MAX_MODEL_ID:
                         ids.setdefault(item)
                 params = _shape_checked(partial(self.next_models_page, seen=seen), body)
-        except httpx.TransportError as exc:
-            raise network_error(self.spec.name, exc, self.timeouts) from None
-        except httpx.DecodingError as exc:
-            raise self._protocol(f"undecodable model list: {exc}") from None
-        except Malformed as exc:
-            raise self._protocol(f"model list: {exc}") from None
-        except TimeoutError:
-            raise ProviderError(
-                ErrorCategory.NETWORK, "model list timed out", provider=self.spec.name
-            ) from None
         return list(ids)[:MAX_MODELS]
 
     # -- one job ----------------------------------------------------------------------------
@@ -359,7 +349,8 @@ class HttpBackend(Backend):
         if self.framing == "sse" and job.stream:
             request.headers["Accept"] = "text/event-stream"
         deadline = asyncio.get_running_loop().time() + self.total_timeout
-        try:
+        timed_out = f"request exceeded the total timeout of {self.total_timeout}s"
+        with self._provider_errors("response body", "", timed_out):
             with until(deadline):
                 response = await client.send(request, stream=True)
             limits.read(self._ratelimit_fields, response.headers)
@@ -377,20 +368,26 @@ class HttpBackend(Backend):
             finally:
                 # Runs on success, error, cancel and aclose(): the socket never leaks.
                 await response.aclose()
+
+    @contextmanager
+    def _provider_errors(self, body: str, prefix: str, timed_out: str) -> Iterator[None]:
+        """The one translation of what an HTTP exchange raises into a ProviderError.
+
+        `body` names what was being read, `prefix` starts a malformed-content message and
+        `timed_out` is the message when the exchange's overall deadline passed.
+        """
+        try:
+            yield
         except httpx.TransportError as exc:
             raise network_error(self.spec.name, exc, self.timeouts) from None
         except httpx.DecodingError as exc:
-            raise self._protocol(f"undecodable response body: {exc}") from None
+            raise self._protocol(f"undecodable {body}: {exc}") from None
         except (Malformed, StreamDecodeError) as exc:
-            raise self._protocol(str(exc)) from None
+            raise self._protocol(f"{prefix}{exc}") from None
         except StreamError as exc:
             raise self._classify(exc.info, status=exc.info.status) from None
         except TimeoutError:
-            raise ProviderError(
-                ErrorCategory.NETWORK,
-                f"request exceeded the total timeout of {self.total_timeout}s",
-                provider=self.spec.name,
-            ) from None
+            raise ProviderError(ErrorCategory.NETWORK, timed_out, provider=self.spec.name) from None
 
     async def _stream(
         self, job: Job, response: httpx.Response, deadline: float

@@ -16,7 +16,9 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 PR_SET_PDEATHSIG = 1
 CONFIG_ERROR = 2  # a worker's exit code meaning "restarting cannot help" (bad config)
@@ -83,3 +85,35 @@ def kill_group_sync(pgid: int, grace: float = 3.0) -> None:
             return
         time.sleep(0.02)
     signal_group(pgid, signal.SIGKILL)
+
+
+@dataclass(slots=True)
+class RestartBudget:
+    """Restart with exponential backoff; give up when restarts come too often (flapping).
+
+    One rule for both supervisors: the broker's (worker processes) and the llama.cpp
+    worker's (llama-server). Times are the caller's clock readings.
+    """
+
+    backoff: float  # delay before the first restart of a run of failures
+    backoff_max: float
+    limit: int  # this many restarts within `window` seconds means flapping
+    window: float
+    times: deque[float] = field(default_factory=deque)  # recent restarts, oldest first
+
+    def recent(self, now: float) -> int:
+        """Restarts within the window (older ones are forgotten)."""
+        while self.times and now - self.times[0] > self.window:
+            self.times.popleft()
+        return len(self.times)
+
+    def flapping(self, now: float) -> bool:
+        return self.recent(now) >= self.limit
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait before restarting after the `failures`-th failure in a row."""
+        step: float = self.backoff * 2.0 ** max(0, failures - 1)
+        return min(step, self.backoff_max)
+
+    def record(self, now: float) -> None:
+        self.times.append(now)

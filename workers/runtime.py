@@ -23,13 +23,12 @@ from typing import Any
 import anyio
 import psutil
 import structlog
-import zmq
 
 from protocol import messages as m
 from protocol.errors import ErrorCategory, ProtocolViolation, ProviderError
 from protocol.job import Job
-from protocol.readiness import Readiness
-from protocol.transport import SocketOptions, apply_client_curve, tune_socket
+from protocol.peer import PeerLink
+from protocol.transport import SocketOptions
 from workers.backend import MAX_MODEL_ID, MAX_MODELS, Backend, Finish, TextDelta
 from workers.procutil import CONFIG_ERROR
 from workers.registry import backend_class
@@ -77,21 +76,23 @@ class WorkerRuntime:
         self.spec = spec
         self.endpoint = endpoint
         self.heartbeat_interval = heartbeat_interval
-        self.liveness = liveness
         self.shutdown_grace = shutdown_grace
         self.stats_interval = stats_interval
         self.socket_options = socket_options or SocketOptions.from_env()
         self.backend = backend or backend_class(spec.kind)(spec)
         self.models = list(spec.models)  # what we register with: config plus live models
-        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-        self.link: Readiness | None = None
+        self.link = PeerLink(
+            endpoint,
+            self.socket_options,
+            lambda: f"{spec.name}-{os.getpid()}-{secrets.token_hex(3)}".encode(),
+            heartbeat_interval=heartbeat_interval,
+            liveness=liveness,
+            on_reopen=self._reregister,
+        )
         self.running: dict[tuple[str, int], _Running] = {}
         self.counting: set[asyncio.Task[None]] = set()  # exact token counts being made
         self.outbox: deque[tuple[str, Any]] = deque()
         self.outbox_ready = asyncio.Event()
-        self.missed_wakeups = 0  # of closed sockets; see `stalls`
-        self.last_heard = time.monotonic()
-        self.reconnect_reason: str | None = None
         self.stopping = asyncio.Event()
         self.exit_code = 0
         self.done_jobs = 0
@@ -101,23 +102,16 @@ class WorkerRuntime:
 
     # --- socket ---------------------------------------------------------------------------
 
-    @property
-    def stalls(self) -> int:
-        """Receive waits that timed out with a message waiting (lost wake-ups; should be 0)."""
-        return self.missed_wakeups + (self.link.missed if self.link is not None else 0)
-
     def _connect(self) -> None:
-        if self.link is not None:
-            self.missed_wakeups += self.link.missed
-            self.link.close()
-        sock: zmq.Socket[bytes] = self.ctx.socket(zmq.DEALER)
-        identity = f"{self.spec.name}-{os.getpid()}-{secrets.token_hex(3)}"
-        sock.setsockopt(zmq.IDENTITY, identity.encode())
-        tune_socket(sock, self.socket_options)
-        apply_client_curve(sock, self.socket_options)
-        sock.connect(self.endpoint)
-        self.link = Readiness(sock)
-        self.last_heard = time.monotonic()
+        identity = self.link.open().decode()
+        self._register(identity)
+
+    async def _reregister(self, reason: str) -> None:
+        """The link has a new socket: the broker forgot us, so stop our jobs and register."""
+        self._drop_all(reason)
+        self._register(self.link.routing_id.decode())
+
+    def _register(self, identity: str) -> None:
         self.outbox.clear()  # messages for the old connection mean nothing to the new one
         self._post(
             m.Ready(
@@ -132,11 +126,14 @@ class WorkerRuntime:
         )
         self.log.info("worker_registering", endpoint=self.endpoint, identity=identity)
 
+    @property
+    def stalls(self) -> int:
+        """Receive waits that timed out with a message waiting (lost wake-ups; should be 0)."""
+        return self.link.missed
+
     def _send_now(self, frames: list[bytes]) -> bool:
         """Send at once if nothing is queued before it and the socket has room."""
-        if self.outbox or self.link is None:
-            return False
-        return self.link.try_send(frames)
+        return not self.outbox and self.link.try_send(frames)
 
     def _post(self, msg: m.Message) -> None:
         frames = [msg.encode()]
@@ -176,14 +173,7 @@ class WorkerRuntime:
                 run.buffer.clear()
             else:
                 frames = item
-            link = self.link
-            assert link is not None
-            try:
-                await link.send(frames)
-            except zmq.ZMQError:
-                if link is self.link:
-                    raise
-                # replaced by a reconnect: the new broker does not know this message's job
+            await self.link.send(frames)
             # Popped only now so nothing is sent directly past a message still waiting here.
             if self.outbox and self.outbox[0][1] is item:
                 self.outbox.popleft()
@@ -293,12 +283,14 @@ class WorkerRuntime:
             self._post(m.Pong())
         elif isinstance(msg, m.Error):
             self.log.error("broker_error", message=msg.message)
-            if msg.message.startswith("registration rejected"):
-                self.exit_code = CONFIG_ERROR  # restarting would only repeat it
-                self.stopping.set()
+        elif isinstance(msg, m.Rejected):
+            self.log.error("registration_rejected", reason=msg.reason)
+            self.exit_code = CONFIG_ERROR  # restarting would only repeat it
+            self.stopping.set()
         elif isinstance(msg, m.Disconnect):
             self.log.warning("broker_disconnected_us", reason=msg.reason)
-            self.reconnect_reason = "broker asked us to register again"
+            if not self.stopping.is_set():  # draining: finish here rather than start over
+                self.link.request_reconnect("broker asked us to register again")
 
     def _drop_all(self, why: str) -> None:
         """The broker forgot us: it re-dispatches these jobs elsewhere, so stop them here."""
@@ -324,10 +316,11 @@ class WorkerRuntime:
             if now >= next_stats:
                 next_stats = now + self.stats_interval
                 self.log.info("worker_stats", **stats)
-            if now - self.last_heard > self.heartbeat_interval * self.liveness:
-                self.log.warning("broker_silent", seconds=round(now - self.last_heard, 1))
-                self.reconnect_reason = "broker silent"
-                self.last_heard = now  # one reconnect per silent period
+            if self.link.is_silent(now):
+                self.log.warning("broker_silent", seconds=round(self.link.silent_for(now), 1))
+                if not self.stopping.is_set():
+                    self.link.request_reconnect("broker silent")
+                self.link.last_heard = now  # one reconnect per silent period
 
     def _stats(self) -> dict[str, Any]:
         with self.proc.oneshot():
@@ -345,16 +338,7 @@ class WorkerRuntime:
 
     async def _receiver(self) -> None:
         while True:
-            if self.reconnect_reason is not None and not self.stopping.is_set():
-                # Swapped here, between two polls, so no await is pending on a closed socket.
-                self._drop_all(self.reconnect_reason)
-                self.reconnect_reason = None
-                self._connect()
-            assert self.link is not None
-            if not await self.link.wait(zmq.POLLIN, 0.2):
-                continue
-            self.last_heard = time.monotonic()
-            for frames in self.link.drain():
+            for frames in await self.link.receive(200):
                 self._handle(frames)
 
     async def run(self) -> None:
@@ -389,8 +373,7 @@ class WorkerRuntime:
             for task in tasks:
                 task.cancel()
             await self.backend.close()
-            if self.link is not None:
-                self.link.close()
+            self.link.close()
 
     async def _discover_models(self) -> None:
         """Ask the backend once for its live model list; any failure keeps the config list."""

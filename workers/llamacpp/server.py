@@ -27,7 +27,7 @@ import structlog
 
 from protocol.schema import Either, Float, Int, Key, Str, StrList
 from workers.llamacpp.binary import ServerBinary
-from workers.procutil import die_with_parent_preexec, free_port, signal_group
+from workers.procutil import RestartBudget, die_with_parent_preexec, free_port, signal_group
 
 log = structlog.get_logger("llmrelay.llamacpp")
 
@@ -162,7 +162,9 @@ class LlamaServer:
         self.proc: asyncio.subprocess.Process | None = None
         self.output: deque[str] = deque(maxlen=40)  # recent lines, for error messages
         self._ps: psutil.Process | None = None
-        self._restart_times: deque[float] = deque()
+        self._budget = RestartBudget(
+            config.backoff_initial, config.backoff_max, config.max_restarts, config.restart_window
+        )
         self._ready = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self._readers: list[asyncio.Task[None]] = []
@@ -459,20 +461,17 @@ class LlamaServer:
         await self._drain_output()
         self.log.warning("llama_server_exited", reason=reason, last_output=list(self.output)[-5:])
         await self._kill()
-        now = time.monotonic()
-        window = self.config.restart_window
-        while self._restart_times and now - self._restart_times[0] > window:
-            self._restart_times.popleft()
+        budget = self._budget
         while True:
-            if len(self._restart_times) >= self.config.max_restarts:
+            now = time.monotonic()
+            if budget.flapping(now):
                 return self._give_up(
-                    f"llama-server restarted {len(self._restart_times)} times within "
-                    f"{window:g}s; giving up (last: {reason})"
+                    f"llama-server restarted {budget.recent(now)} times within "
+                    f"{budget.window:g}s; giving up (last: {reason})"
                 )
-            self._restart_times.append(time.monotonic())
+            budget.record(now)
             self.restarts += 1
-            recent = len(self._restart_times)
-            delay = min(self.config.backoff_initial * 2 ** (recent - 1), self.config.backoff_max)
+            delay = budget.delay(budget.recent(now))
             self.log.warning("llama_server_restarting", delay=delay, restarts=self.restarts)
             await asyncio.sleep(delay)
             try:
