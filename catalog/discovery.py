@@ -30,13 +30,28 @@ DEFAULT_TTL = 3600.0
 FETCH_TIMEOUT = 10.0
 MAX_PAGES = 50
 
-# kind -> (default base URL, env var of the key). Keys only ever travel in headers.
+OLLAMA_DEFAULT = "http://127.0.0.1:11434"
+# kind -> (default base URL, env var of the key): the one definition, read by the workers
+# (workers/providers/*) and by discovery. Keys only ever travel in headers.
 ENDPOINTS: dict[str, tuple[str, str | None]] = {
     "openai": ("https://api.openai.com/v1", "OPENAI_API_KEY"),
     "openrouter": ("https://openrouter.ai/api/v1", "OPENROUTER_API_KEY"),
     "anthropic": ("https://api.anthropic.com", "ANTHROPIC_API_KEY"),
-    "ollama": ("http://127.0.0.1:11434", None),
+    "ollama": (OLLAMA_DEFAULT, None),
 }
+
+
+def ollama_host(value: str | None) -> str:
+    """OLLAMA_HOST may be `host`, `host:port` or a URL; the port defaults to 11434."""
+    if not value:
+        return OLLAMA_DEFAULT
+    if "://" not in value:
+        value = "http://" + value
+    scheme, _, rest = value.partition("://")
+    host = rest.split("/")[0]
+    if ":" not in host.rsplit("]", 1)[-1]:
+        host += ":11434"
+    return f"{scheme}://{host.replace('0.0.0.0', '127.0.0.1')}"
 ANTHROPIC_VERSION = "2023-06-01"
 LISTING_NEEDS_KEY = ("openai", "anthropic")  # OpenRouter's and Ollama's lists are open
 
@@ -57,6 +72,8 @@ class Source:
         if kind not in ENDPOINTS:
             return None
         default_url, key_env = ENDPOINTS[kind]
+        if kind == "ollama":  # the worker's rule: $OLLAMA_HOST, else the local default
+            default_url = ollama_host(os.environ.get("OLLAMA_HOST"))
         base = str(options.get("base_url") or default_url).rstrip("/")
         key = options.get("api_key")
         env = options.get("api_key_env") or key_env

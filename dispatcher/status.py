@@ -50,6 +50,8 @@ def build(core: BrokerCore, now: float) -> dict[str, Any]:
         "health": core.health.snapshot(now),
         "supervised": core.processes.snapshot(),
         "queues": {k.decode(errors="replace"): n for k, n in queue.sizes.items()},
+        # shipped data's date; per live source: fetched_at, stale, error, models
+        "catalog": core.catalog.catalog.status(),
     }
 
 

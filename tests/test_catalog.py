@@ -562,3 +562,26 @@ def test_models_command_refuses_an_unknown_capability_before_connecting(
         main(["models", "--capability", "x-ray", "--endpoint", "tcp://127.0.0.1:9"])
     assert info.value.code == 2
     assert "argument --capability: invalid choice: 'x-ray'" in capsys.readouterr().err
+
+
+def test_discovery_asks_the_address_the_worker_uses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OLLAMA_HOST", "gpu-box")
+    source = Source.of("local", "ollama", {})
+    assert source is not None and source.base_url == make_backend_url("ollama")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert Source.of("oai", "openai", {}) is None  # no key: nothing to ask
+    keyed = Source.of("oai", "openai", {"api_key_env": "MY_KEY_VAR", "base_url": "http://h/v1"})
+    assert keyed is None
+    monkeypatch.setenv("MY_KEY_VAR", "sk-test")
+    keyed = Source.of("oai", "openai", {"api_key_env": "MY_KEY_VAR"})
+    assert keyed is not None and keyed.base_url == "https://api.openai.com/v1"
+    assert keyed.headers() == {"Authorization": "Bearer sk-test"}
+    assert "sk-test" not in repr(keyed)
+
+
+def make_backend_url(kind: str) -> str:
+    from workers.registry import backend_class
+    from workers.spec import ProviderSpec
+
+    backend = backend_class(kind)(ProviderSpec(name=kind, kind=kind))
+    return str(backend.base_url)  # type: ignore[attr-defined]

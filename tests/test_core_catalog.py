@@ -100,6 +100,7 @@ def test_cost_and_catalog_queries_in_the_core() -> None:
         assert isinstance(reply, m.CatalogReply) and reply.request == "q"
         return reply
 
+    assert h.status()["catalog"] == {"written": "2026-12-02", "live": {}}  # nothing fetched
     # a provider with no worker is known from its config and the shipped data
     haiku = ask("capabilities", provider="off", model="claude-3-5-haiku-latest").result
     assert haiku["capabilities"]["input_price"] == 0.8 and haiku["sources"] == ["shipped"]

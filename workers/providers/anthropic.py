@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import httpx
 
+from catalog.discovery import ENDPOINTS
 from catalog.schemas import SCHEMAS, schema_features
 from protocol.errors import ErrorCategory as C
 from protocol.errors import ProviderError
@@ -229,8 +230,7 @@ class AnthropicBackend(HttpBackend):
     # GET /v1/models: {"data": [{"id": ...}], "has_more": bool, "first_id", "last_id"}
     models_path = "/v1/models"
     models_params: ClassVar[Mapping[str, str]] = {"limit": "1000"}
-    default_base_url = "https://api.anthropic.com"
-    api_key_env: ClassVar[str | None] = "ANTHROPIC_API_KEY"
+    default_base_url, api_key_env = ENDPOINTS["anthropic"]
     errors = ERRORS
     ratelimit_headers = (ANTHROPIC,)
     schema = SCHEMA

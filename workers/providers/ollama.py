@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from catalog.discovery import ENDPOINTS, ollama_host
 from catalog.schemas import SCHEMAS, put, schema_features
 from protocol.errors import ErrorCategory as C
 from protocol.job import Job
@@ -30,8 +31,6 @@ from workers.http import (
 )
 from workers.spec import ProviderSpec
 
-DEFAULT_HOST = "http://127.0.0.1:11434"
-
 SCHEMA = SCHEMAS["ollama"]
 # Canonical parameters that go into `options` (schema names "options.<key>").
 OPTIONS = {k: p.name for k, p in SCHEMA.params.items() if p.name.startswith("options.")}
@@ -44,19 +43,6 @@ ERRORS = ErrorTable(
         ("request canceled", C.CANCELLED),
     ),
 )
-
-
-def ollama_host(value: str | None) -> str:
-    """OLLAMA_HOST may be `host`, `host:port` or a URL; the port defaults to 11434."""
-    if not value:
-        return DEFAULT_HOST
-    if "://" not in value:
-        value = "http://" + value
-    scheme, _, rest = value.partition("://")
-    host = rest.split("/")[0]
-    if ":" not in host.rsplit("]", 1)[-1]:
-        host += ":11434"
-    return f"{scheme}://{host.replace('0.0.0.0', '127.0.0.1')}"
 
 
 def _images(content: list[dict[str, Any]], provider: str) -> list[str]:
@@ -158,7 +144,7 @@ class OllamaBackend(HttpBackend):
     framing: ClassVar[Framing] = "ndjson"
     path = "/api/chat"
     models_path = "/api/tags"  # {"models": [{"name": ..., "model": ...}]}
-    default_base_url = DEFAULT_HOST
+    default_base_url = ENDPOINTS["ollama"][0]
     key_required = False
     errors = ERRORS
     # No tool_choice: Ollama cannot force or forbid a tool call.

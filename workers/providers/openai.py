@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from catalog.discovery import ENDPOINTS
 from catalog.schemas import SCHEMAS, schema_features
 from protocol.errors import ErrorCategory as C
 from protocol.job import Job
@@ -141,8 +142,7 @@ class OpenAIBackend(HttpBackend):
     kind = "openai"
     path = "/chat/completions"
     models_path = "/models"  # {"object": "list", "data": [{"id": ...}]}
-    default_base_url = "https://api.openai.com/v1"
-    api_key_env: ClassVar[str | None] = "OPENAI_API_KEY"
+    default_base_url, api_key_env = ENDPOINTS["openai"]
     errors = ERRORS
     schema = SCHEMAS["openai"]
     features = schema_features(SCHEMAS["openai"])

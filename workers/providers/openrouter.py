@@ -14,6 +14,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from catalog.discovery import ENDPOINTS
 from catalog.schemas import SCHEMAS, schema_features
 from protocol.errors import ErrorCategory as C
 from protocol.job import Job
@@ -72,8 +73,7 @@ def _obj(value: Any) -> dict[str, Any]:
 
 class OpenRouterBackend(OpenAIBackend):
     kind = "openrouter"
-    default_base_url = "https://openrouter.ai/api/v1"
-    api_key_env: ClassVar[str | None] = "OPENROUTER_API_KEY"
+    default_base_url, api_key_env = ENDPOINTS["openrouter"]
     errors = ERRORS
     ratelimit_headers = (OPENAI, GENERIC)  # GENERIC: on OpenRouter's own 429s only
     schema = SCHEMAS["openrouter"]
