@@ -130,14 +130,23 @@ def main(argv: list[str] | None = None) -> int:
     }
     rows: list[Row] = []
     todo = benches(args.smoke, peers=not args.no_peers)
+    errors: dict[str, str] = {}
     for name in wanted:
         print(f"## {name}", file=sys.stderr, flush=True)
-        got = todo[name]()
+        try:
+            got = todo[name]()
+        except Exception as exc:  # one broken benchmark must not lose the others' figures
+            errors[name] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            print(f"{name} FAILED: {errors[name]}", file=sys.stderr, flush=True)
+            continue
         rows += got
         print(table(got), file=sys.stderr, flush=True)
+    facts["errors"] = errors
     facts["seconds"] = time.monotonic() - started
     facts["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     text = table(rows)
+    for name, error in errors.items():
+        text += f"\n\n**{name} did not finish**: {error}"
     print(text)
     stamp = facts["date"].replace(":", "").replace("+0000", "Z")
     results = args.out / "bench" / "results"
@@ -151,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if wanted != list(BENCHES):
         command = f"python -m benchmarks.run --only {','.join(wanted)}"
     write_doc(docs / "performance.md", facts, text, command)
-    return 0
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":
