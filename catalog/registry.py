@@ -15,6 +15,8 @@ from typing import Any
 from catalog.capabilities import FLAGS, Capabilities, CatalogError, check_fields, shipped
 from catalog.discovery import DiscoveryCache, Snapshot, Source
 
+MAX_CACHED = 100_000  # bound on remembered (provider, model) lookups
+
 
 @dataclass(frozen=True, slots=True)
 class ProviderInfo:
@@ -69,6 +71,9 @@ class Catalog:
         self.live: dict[str, Snapshot] = {}
         self.worker_models: dict[str, set[str]] = {}
         self.worker_facts: dict[str, dict[str, Any]] = {}
+        # (provider, model) -> Entry, for what has not changed since (live data or a
+        # worker's facts replace it); the broker looks up every candidate of every submit
+        self._entries: dict[tuple[str, str], Entry] = {}
         for p in self.providers.values():
             check_overrides(p.name, p.overrides)
 
@@ -87,6 +92,7 @@ class Catalog:
             if only is None or source.provider == only:
                 snap = self.cache.get(source, refresh=refresh)
                 self.live[source.provider] = snap
+                self._entries = {}
                 snaps.append(snap)
         return snaps
 
@@ -103,6 +109,7 @@ class Catalog:
         if info.get("tools_enabled") is not None:
             facts["tools"] = bool(info["tools_enabled"])
         self.worker_facts[provider] = facts
+        self._entries = {}
 
     # --- queries --------------------------------------------------------------------------
 
@@ -115,6 +122,18 @@ class Catalog:
             ) from None
 
     def capabilities(self, provider: str, model: str) -> Entry:
+        # Discovery (another thread) replaces the dict when it changes the data: an entry
+        # computed meanwhile lands in the discarded one.
+        entries = self._entries
+        known = entries.get((provider, model))
+        if known is not None:
+            return known
+        entry = self._capabilities(provider, model)
+        if len(entries) < MAX_CACHED:
+            entries[(provider, model)] = entry
+        return entry
+
+    def _capabilities(self, provider: str, model: str) -> Entry:
         info = self._provider(provider)
         data = shipped()
         caps = data.lookup(info.kind, model)

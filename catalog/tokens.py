@@ -10,9 +10,9 @@ the files it would download them, which is never done at run time).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 CHARS_PER_TOKEN = 4
@@ -60,9 +60,10 @@ class _NoDownload(OSError):
     pass
 
 
-@functools.cache
+@cache
 def _encoding(model: str) -> Any:
-    """tiktoken's encoding for `model` from its local cache, or None; looked up once.
+    """tiktoken's encoding for `model` from its local cache, or None; looked up once per
+    model (a failed import is not cached by Python, and the broker asks on every submit).
 
     On a cache miss tiktoken would download the file, inside the broker's loop on every job
     (each try stalling it for a DNS timeout offline); its fetch is refused here instead.

@@ -10,14 +10,15 @@ from collections.abc import Callable
 from typing import Any
 
 from dispatcher.health import HealthBook
-from dispatcher.jobs import JobState, WorkerState
+from dispatcher.jobs import Attempt, JobState, WorkerState
 from dispatcher.pacing import Pacer
-from dispatcher.retry import RetryPolicy, parse_retry_after
+from dispatcher.retry import RetryPolicy, bounded_retry_after
 from dispatcher.routing import Candidate
 from dispatcher.scheduling import Scheduler
 from dispatcher.worker_book import WorkerBook
 from protocol import messages as m
-from protocol.errors import FAILURE_CLASSES, ErrorCategory, HealthScope
+from protocol.errors import FAILURE_CLASSES, ErrorCategory, HealthScope, ProviderError
+from protocol.result_schema import BrokerFields
 
 
 class AttemptOutcomes:
@@ -62,18 +63,24 @@ class AttemptOutcomes:
                 self.log.info("circuit_closed", provider=entry.key)
         self._learn_usage(js, msg.result)
         self._learn_limits(js.candidate.provider, msg.result.get("ratelimit"), now)
-        js.trail.append(self._trail_entry(js, "ok"))
-        result = {
-            **msg.result,
+        js.trail.append(Attempt(js.attempt, js.candidate.provider, js.candidate.model, "ok"))
+        priced = self.pricing(js.candidate, msg.result.get("usage"))
+        added: BrokerFields = {
             "provider": js.candidate.provider,
             "candidate": str(js.candidate),
-            "attempts": js.trail,
+            "attempts": js.trail_wire(),
             "skipped": js.skipped,
-            **js.notes,
-            **self.pricing(js.candidate, msg.result.get("usage")),
+            "strategy": js.notes.get("strategy", js.strategy),
+            "cost": priced.get("cost"),
+            "cost_source": priced.get("cost_source", "unknown"),
             "latency": now - js.submitted,
             "ttft": None if js.first_token_at is None else js.first_token_at - js.submitted,
         }
+        if "dropped" in js.notes:
+            added["dropped"] = js.notes["dropped"]
+        if "detected" in js.notes:
+            added["detected"] = js.notes["detected"]
+        result: dict[str, Any] = {**msg.result, **added}  # worker keys pass through
         done = m.Done(job_id=js.id, attempt=js.attempt, frames=msg.frames, result=result)
         self.scheduler.finish(js, done, msg.frames)
         self.scheduler.totals["done"] += 1
@@ -107,42 +114,30 @@ class AttemptOutcomes:
 
     # --- failure --------------------------------------------------------------------------
 
-    def failed(self, worker: WorkerState, msg: m.Failed, now: float) -> None:
+    def failed(self, worker: WorkerState, msg: m.Failed, error: ProviderError, now: float) -> None:
+        """`error`: the worker's error map, decoded once at the edge (worker_error)."""
         js = self._current(worker, msg.job_id, msg.attempt)
         if js is not None:
-            self.attempt_failed(js, msg.error, now)
+            self.attempt_failed(js, error, now)
 
-    def _trail_entry(self, js: JobState, outcome: str, **extra: Any) -> dict[str, Any]:
-        assert js.candidate is not None
-        return {
-            "attempt": js.attempt,
-            "provider": js.candidate.provider,
-            "model": js.candidate.model,
-            "outcome": outcome,
-            **extra,
-        }
-
-    def attempt_failed(self, js: JobState, error: dict[str, Any], now: float) -> None:
-        category = ErrorCategory.parse(error.get("category"))
-        retry_after = parse_retry_after(error.get("retry_after"))
+    def attempt_failed(self, js: JobState, error: ProviderError, now: float) -> None:
         assert js.candidate is not None
         provider, model = js.candidate.provider, js.candidate.model
+        error.provider = provider  # what the broker dispatched to, whatever the worker said
+        category, retry_after = error.category, error.retry_after
         js.trail.append(
-            self._trail_entry(
-                js,
+            Attempt(
+                js.attempt,
+                provider,
+                model,
                 category.value,
-                message=str(error.get("message", ""))[:500],
-                status_code=error.get("status_code"),
+                message=error.message[:500],
+                status_code=error.status_code,
                 retry_after=retry_after,
             )
         )
-        js.last_error = {
-            **error,
-            "provider": provider,
-            "category": category.value,
-            "retry_after": retry_after,
-        }
-        self._learn_limits(provider, error.get("ratelimit"), now)
+        js.last_error = error
+        self._learn_limits(provider, error.ratelimit, now)
         self._record_failure(provider, model, category, retry_after, now)
         if js.finished:
             return
@@ -153,7 +148,7 @@ class AttemptOutcomes:
             voids_delivered_output=js.client_has_tokens,
             on_partial=js.job.on_partial,
             retry_after=retry_after,
-            tries_here=sum(1 for t in js.trail if t["provider"] == provider),
+            tries_here=sum(1 for t in js.trail if t.provider == provider),
         )
         if decision.give_up is not None:
             self.scheduler.fail(js, js.final_error(decision.give_up))
@@ -199,3 +194,17 @@ class AttemptOutcomes:
                     )
         if row.pauses_provider and provider in self.pacers:
             self.pacers[provider].pause(now + (retry_after or 1.0))
+
+
+def worker_error(wire: dict[str, Any]) -> ProviderError:
+    """A worker's `failed.error` map as a ProviderError, read once where it enters the broker.
+
+    A category this version does not know reads as protocol; a retry_after that is not a
+    sane number is dropped (and a huge one capped); a status_code that is not an int too.
+    """
+    error = ProviderError.from_wire(wire)
+    error.retry_after = bounded_retry_after(error.retry_after)
+    code = error.status_code
+    if isinstance(code, bool) or not isinstance(code, int):
+        error.status_code = None
+    return error

@@ -248,6 +248,32 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _gateway_catalog(config: Any) -> Any:
+    """Routes and provider:model ids from the config, for /v1/models and route names."""
+    from gateway.app import Catalog, ModelInfo
+
+    models = [ModelInfo(route, "llmrelay-route") for route in config.routes]
+    for name, spec in config.providers.items():
+        models += [ModelInfo(f"{name}:{model}", name) for model in spec.models]
+    return Catalog(models=models, routes=frozenset(config.routes))
+
+
+def _cmd_gateway(args: argparse.Namespace) -> int:
+    from gateway.server import serve
+    from gateway.settings import GatewaySettings
+
+    logs.configure(args.log_level, component="gateway")
+    config = load_config(args.config)
+    settings = config.http or GatewaySettings()
+    if args.host:
+        settings.host = args.host
+    if args.port is not None:
+        settings.port = args.port
+    endpoint = args.broker or settings.broker_endpoint or config.broker.client_endpoint
+    serve(settings, endpoint.replace("0.0.0.0", "127.0.0.1"), _gateway_catalog(config))
+    return 0
+
+
 def _cmd_tiny_model(args: argparse.Namespace) -> int:
     from workers.llamacpp.tinymodel import write_tiny_model
 
@@ -352,6 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--interval", type=_positive(float), default=2.0)
     _add_connect_timeout(status)
     status.set_defaults(func=_cmd_status)
+
+    gateway = sub.add_parser("gateway", help="serve the OpenAI/Anthropic-compatible HTTP API")
+    gateway.add_argument("--config", help="TOML file; its [http] table sets the gateway up")
+    gateway.add_argument("--host", help="address to bind (default [http] host, 127.0.0.1)")
+    gateway.add_argument("--port", type=int, help="port to bind (default [http] port, 8080)")
+    gateway.add_argument("--broker", help="broker client endpoint (default from the config)")
+    gateway.set_defaults(func=_cmd_gateway)
 
     tiny = sub.add_parser("tiny-model", help="write a tiny random-weight GGUF (TEST model)")
     tiny.add_argument("path")

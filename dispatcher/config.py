@@ -16,6 +16,7 @@ from typing import Any
 
 from catalog.capabilities import CatalogError
 from catalog.registry import check_overrides
+from gateway.settings import HTTP_KEYS, GatewaySettings, parse_http
 from protocol.constants import CONFIG_ENV, DEFAULT_CLIENT_ENDPOINT, DEFAULT_WORKER_ENDPOINT
 from protocol.schema import (
     ConfigError,
@@ -92,6 +93,7 @@ class Config:
     providers: dict[str, ProviderSpec] = field(default_factory=dict)
     routes: dict[str, list[str]] = field(default_factory=dict)
     path: str | None = None
+    http: GatewaySettings | None = None  # the [http] table: the HTTP gateway, if wanted
     strategies: dict[str, str] = field(default_factory=dict)  # route -> strategy, when set
 
 
@@ -160,7 +162,7 @@ def _candidates(where: str, data: Any, providers: dict[str, ProviderSpec]) -> li
     return list(data)
 
 
-SECTIONS = ("broker", "providers", "routes")
+SECTIONS = ("broker", "providers", "routes", "http")
 
 
 def parse_config(data: dict[str, Any], path: str | None = None) -> Config:
@@ -182,10 +184,16 @@ def parse_config(data: dict[str, Any], path: str | None = None) -> Config:
         }
         if not data.get("providers") and not routes:
             routes = default_config().routes
+        http = parse_http(data["http"]) if "http" in data else None
     except ConfigError as exc:
         raise exc.in_file(path) from None
     return Config(
-        broker=broker, providers=providers, routes=routes, path=path, strategies=strategies
+        broker=broker,
+        providers=providers,
+        routes=routes,
+        path=path,
+        strategies=strategies,
+        http=http,
     )
 
 
@@ -209,6 +217,7 @@ def resolved(config: Config) -> dict[str, Any]:
             }
             for name, c in config.routes.items()
         },
+        **({"http": masked(asdict(config.http), HTTP_KEYS)} if config.http else {}),
     }
 
 

@@ -14,7 +14,7 @@ from typing import Protocol
 import structlog
 
 from dispatcher import status
-from dispatcher.attempts import AttemptOutcomes
+from dispatcher.attempts import AttemptOutcomes, worker_error
 from dispatcher.catalog_service import CatalogService
 from dispatcher.config import Config
 from dispatcher.health import CircuitPolicy, HealthBook
@@ -157,7 +157,7 @@ class BrokerCore:
         elif isinstance(msg, m.Done):
             self.outcomes.done(worker, msg, now)
         elif isinstance(msg, m.Failed):
-            self.outcomes.failed(worker, msg, now)
+            self.outcomes.failed(worker, msg, worker_error(msg.error), now)
         elif isinstance(msg, m.TokenCount):
             self.catalog.counted(msg)
         elif isinstance(msg, m.Disconnect):
@@ -340,6 +340,6 @@ class BrokerCore:
             js.worker = None
             err = ProviderError(ErrorCategory.WORKER_LOST, f"worker {worker.label} lost: {reason}")
             err.provider = worker.provider
-            self.outcomes.attempt_failed(js, err.to_wire(), now)
+            self.outcomes.attempt_failed(js, err, now)
         worker.jobs.clear()
         self.scheduler.dirty = True

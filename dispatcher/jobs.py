@@ -8,6 +8,7 @@ from typing import Any
 from dispatcher.routing import Candidate
 from protocol.errors import ErrorCategory, ProviderError
 from protocol.job import Job
+from protocol.result_schema import AttemptEntry
 
 
 @dataclass(slots=True, eq=False)
@@ -38,6 +39,37 @@ class WorkerState:
         return self.identity.decode(errors="replace")
 
 
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One entry of a job's trail: which attempt ran where and how it ended."""
+
+    attempt: int
+    provider: str
+    model: str
+    outcome: str  # "ok", or the error category
+    message: str = ""  # a failure's message (at most 500 characters)
+    status_code: int | None = None
+    retry_after: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "ok"
+
+    def to_wire(self) -> AttemptEntry:
+        """The result's / error's `attempts` entry (docs/protocol.md, the result map)."""
+        wire: AttemptEntry = {
+            "attempt": self.attempt,
+            "provider": self.provider,
+            "model": self.model,
+            "outcome": self.outcome,
+        }
+        if not self.ok:
+            wire["message"] = self.message
+            wire["status_code"] = self.status_code
+            wire["retry_after"] = self.retry_after
+        return wire
+
+
 @dataclass(slots=True, eq=False)
 class JobState:
     job: Job
@@ -47,14 +79,14 @@ class JobState:
     skipped: list[dict[str, str]]
     deadline: float
     attempt: int = 0  # number of the latest dispatched attempt
-    trail: list[dict[str, Any]] = field(default_factory=list)
+    trail: list[Attempt] = field(default_factory=list)
     worker: WorkerState | None = None
     candidate: Candidate | None = None
     frames: int = 0  # token frames relayed for the current attempt
     client_has_tokens: bool = False  # the caller holds output that a retry would void
     excluded: set[str] = field(default_factory=set)  # providers that must not be tried again
     avoid_until: dict[str, float] = field(default_factory=dict)  # provider -> retry time
-    last_error: dict[str, Any] | None = None
+    last_error: ProviderError | None = None  # the latest attempt's failure
     submitted: float = 0.0  # broker clock when accepted (the core passes `now` in)
     dispatched_at: float = 0.0
     first_token_at: float | None = None
@@ -70,16 +102,30 @@ class JobState:
     def id(self) -> str:
         return self.job.id
 
-    def final_error(self, why: str) -> ProviderError:
-        """The error the caller sees when this job ends unfinished: its last failure, and why."""
-        last = self.last_error or {}
-        category = last.get("category", ErrorCategory.NO_PROVIDER.value)
-        message = str(last.get("message") or "no candidate available")
-        return ProviderError(
-            category,
-            f"{message} ({why})",
-            provider=last.get("provider"),
-            status_code=last.get("status_code"),
-            retry_after=last.get("retry_after"),
-            attempts=self.trail,
-        )
+    def trail_wire(self) -> list[AttemptEntry]:
+        return [attempt.to_wire() for attempt in self.trail]
+
+    def trail_maps(self) -> list[dict[str, Any]]:
+        """The trail as ProviderError.attempts holds it."""
+        return [{**attempt} for attempt in self.trail_wire()]
+
+    @property
+    def last_message(self) -> str:
+        return self.last_error.message if self.last_error is not None else ""
+
+    def final_error(self, why: str, message: str | None = None, **fields: Any) -> ProviderError:
+        """The error the caller sees when this job ends unfinished: its last failure, and why.
+
+        `message` replaces the last failure's message; `fields` override ProviderError fields.
+        """
+        last = self.last_error
+        text = message or self.last_message or "no candidate available"
+        values: dict[str, Any] = {
+            "provider": last.provider if last else None,
+            "status_code": last.status_code if last else None,
+            "retry_after": last.retry_after if last else None,
+            "attempts": self.trail_maps(),
+            **fields,
+        }
+        category = last.category if last else ErrorCategory.NO_PROVIDER
+        return ProviderError(category, f"{text} ({why})", **values)

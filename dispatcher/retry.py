@@ -15,7 +15,8 @@ from protocol.errors import FAILURE_CLASSES, Disposition, ErrorCategory
 MAX_RETRY_AFTER = 900.0  # a provider asking for longer is treated as down for that long
 
 
-def parse_retry_after(value: Any) -> float | None:
+def bounded_retry_after(value: Any) -> float | None:
+    """A retry_after from the wire: a non-negative number, capped; anything else is None."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
         return None
     return min(float(value), MAX_RETRY_AFTER)

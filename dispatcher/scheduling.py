@@ -166,22 +166,18 @@ class Scheduler:
             what, wait = max(blocking, key=lambda item: item[1])
             items.append(Unavailable(str(cand), what, None if wait == math.inf else round(wait, 3)))
         message, retry_after = explain_unavailable(items)
-        last = js.last_error or {}
-        return ProviderError(
-            last.get("category", ErrorCategory.NO_PROVIDER.value),
-            f"{message} (no candidate recovers before the deadline)",
-            provider=last.get("provider"),
-            status_code=last.get("status_code"),
+        return js.final_error(
+            "no candidate recovers before the deadline",
+            message,
             retryable=True,  # waiting helps: retry_after says how long
             retry_after=retry_after,
-            attempts=js.trail,
         )
 
     def _dispatch(self, js: JobState, cand: Candidate, worker: WorkerState, now: float) -> None:
         previous = js.candidate
         js.attempt += 1
         if js.client_has_tokens:
-            reason = (js.last_error or {}).get("message") or "attempt restarted"
+            reason = js.last_message or "attempt restarted"
             reset = m.Reset(job_id=js.id, attempt=js.attempt, reason=str(reason)[:500])
             self.outbox.to_client(js.client, reset)
             js.client_has_tokens = False
@@ -233,8 +229,8 @@ class Scheduler:
         for job_id in self.deadlines.expired(now):
             js = self.jobs[job_id]  # expired() yields only live jobs, one at a time
             err = ProviderError(ErrorCategory.DEADLINE, "job deadline passed")
-            if js.last_error:
-                err.message += f"; last error: {js.last_error.get('message')}"
+            if js.last_error is not None:
+                err.message += f"; last error: {js.last_error.message}"
             self.abort(js, err)
 
     def finish(self, js: JobState, msg: m.Message, frames: int | None) -> None:
@@ -250,7 +246,7 @@ class Scheduler:
     def fail(self, js: JobState, err: ProviderError) -> None:
         if js.finished:
             return
-        err.attempts = js.trail
+        err.attempts = js.trail_maps()
         self.totals["failed"] += 1
         self.log.info(
             "job_failed",

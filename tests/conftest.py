@@ -8,8 +8,9 @@ import pytest
 
 from tests.harness import BrokerProcess
 
-# Fake provider servers (openai_fake, ...) and the real llama-server fixtures, for all tests.
-pytest_plugins = ["tests.fakes.fixtures", "tests.llamacpp_fixtures"]
+# Fake provider servers (openai_fake, ...), the real llama-server fixtures and the HTTP
+# gateway process (gateway_factory), for all tests.
+pytest_plugins = ["tests.fakes.fixtures", "tests.llamacpp_fixtures", "tests.gateway_support"]
 
 
 @pytest.fixture

@@ -441,7 +441,9 @@ def test_discovery_fills_the_registry_from_each_fake(
         )
     ]
     catalog = Catalog(infos, DiscoveryCache(directory=tmp_path))
-    snaps = catalog.discover()
+    before = catalog.capabilities("openrouter", "meta-llama/llama-3.1-8b-instruct")
+    assert before.sources == ("shipped",) and before.caps.input_price == 0.02
+    snaps = catalog.discover()  # replaces what was looked up before
     assert [s.stale for s in snaps] == [False] * 4
     router = catalog.capabilities("openrouter", "meta-llama/llama-3.1-8b-instruct")
     assert router.sources == ("shipped", "live")

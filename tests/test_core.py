@@ -407,3 +407,39 @@ def test_tokens_are_relayed_as_the_frames_received() -> None:
     h.tokens(w, job, "héllo")
     relayed = [x for x in h.received() if isinstance(x, Relayed)]
     assert [(r.header.seq, r.text) for r in relayed] == [(0, "héllo")]
+
+
+def test_a_worker_error_is_decoded_once_with_bad_fields_dropped() -> None:
+    h = CoreHarness(P, retry_base_delay=0.5)
+    w = h.worker("p")
+    job = h.submit(model="p:m")
+    wire = {
+        "category": "from-the-future",
+        "message": "m",
+        "retry_after": "soon",
+        "status_code": "x",
+    }
+    h.core.worker_message(w.identity, m.Failed(job_id=job, attempt=1, error=wire), (), h.now)
+    h.pump()
+    h.advance(0.5)  # an unknown category reads as protocol (retry); the bad retry_after is ignored
+    assert w.attempt_of(job) == 2
+    h.done(w, job)
+    done = h.outcome(job)
+    assert isinstance(done, m.Done)
+    assert done.result["attempts"][0] == {
+        "attempt": 1,
+        "provider": "p",
+        "model": "m",
+        "outcome": "protocol",
+        "message": "m",
+        "status_code": None,
+        "retry_after": None,
+    }
+
+
+def test_a_huge_retry_after_is_capped() -> None:
+    h = CoreHarness(AB, ROUTE)
+    wa, _ = h.worker("a"), h.worker("b")
+    job = h.submit(route="chain", max_attempts=1)
+    h.fail(wa, job, C.RATE_LIMITED, retry_after=10**9)
+    assert h.error(job).retry_after == 900.0  # dispatcher.retry.MAX_RETRY_AFTER

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dispatcher.retry import Decision, RetryPolicy, parse_retry_after
+from dispatcher.retry import Decision, RetryPolicy, bounded_retry_after
 from protocol.errors import ErrorCategory as C
 
 
@@ -69,7 +69,7 @@ def test_jitter_stays_within_half_to_full_step() -> None:
     ],
 )
 def test_retry_after_parsing(value: object, parsed: float | None) -> None:
-    assert parse_retry_after(value) == parsed
+    assert bounded_retry_after(value) == parsed
 
 
 def test_unknown_category_is_protocol() -> None:

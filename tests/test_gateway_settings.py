@@ -1,0 +1,69 @@
+"""The `[http]` table and the API-key variable: every bad value is a one-line error naming it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from dispatcher.config import ConfigError, parse_config
+from gateway.errors import field_of
+from gateway.settings import GatewaySettings, parse_http
+from protocol.errors import ErrorCategory
+from protocol.http_errors import ROWS
+
+
+def test_defaults_and_values() -> None:
+    assert parse_http({}) == GatewaySettings()
+    settings = parse_http({"port": 9000, "request_timeout": 30, "api_keys_env": "KEYS"})
+    assert (settings.port, settings.request_timeout, settings.api_keys_env) == (9000, 30.0, "KEYS")
+    assert isinstance(settings.request_timeout, float)
+
+
+@pytest.mark.parametrize(
+    ("table", "named"),
+    [
+        ({"prot": 1}, "http.prot: unknown key; did you mean 'port'"),
+        ({"port": "80"}, "http.port"),
+        ({"port": True}, "http.port"),
+        ({"port": 70000}, "http.port"),
+        ({"spawn": 1}, "http.spawn"),
+        ({"stream_backlog_bytes": 10}, "http.stream_backlog_bytes"),
+        ({"request_timeout": 0}, "http.request_timeout"),
+    ],
+)
+def test_bad_values_name_the_key(table: dict[str, Any], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        parse_http(table)
+
+
+def test_config_file_carries_the_http_table() -> None:
+    config = parse_config({"http": {"port": 8181}})
+    assert config.http is not None and config.http.port == 8181
+    assert parse_config({}).http is None
+    with pytest.raises(ConfigError, match=r"http\.port"):
+        parse_config({"http": {"port": "x"}})
+
+
+def test_api_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = GatewaySettings(api_keys_env="GW_KEYS")
+    monkeypatch.setenv("GW_KEYS", "alice:sk-a, bob:sk-b\ncarol:sk-c")
+    assert settings.api_keys() == {"sk-a": "alice", "sk-b": "bob", "sk-c": "carol"}
+    assert GatewaySettings().api_keys() == {}  # no variable named: no auth
+    monkeypatch.setenv("GW_KEYS", "")
+    with pytest.raises(ConfigError, match="holds no keys"):
+        settings.api_keys()
+    monkeypatch.setenv("GW_KEYS", "alice:sk-a,sk-secret-without-name")
+    with pytest.raises(ConfigError, match="entry 1") as info:
+        settings.api_keys()
+    assert "sk-secret" not in str(info.value)  # a key never appears in an error either
+
+
+def test_validation_messages_map_to_request_fields() -> None:
+    assert field_of("params.temperature: must be <= 2.0") == "temperature"
+    assert field_of("messages[0].content: missing") == "messages[0].content"
+    assert field_of("no field here") is None
+
+
+def test_every_category_has_an_http_row() -> None:
+    assert set(ROWS) == set(ErrorCategory)
