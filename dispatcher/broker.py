@@ -21,11 +21,13 @@ from dispatcher import status
 from dispatcher.auth import start_authenticator
 from dispatcher.config import Config
 from dispatcher.core import BrokerCore
+from dispatcher.gateway_process import GatewayProcess
 from dispatcher.outbox import CLIENT, WORKER, Side
 from dispatcher.supervisor import Supervisor
 from protocol import messages as m
 from protocol.errors import ProtocolViolation
 from protocol.transport import apply_server_curve, tune_socket
+from workers.procutil import RestartBudget
 
 MAX_BATCH = 2000  # messages handled per socket per loop turn, so neither side starves
 
@@ -58,6 +60,7 @@ class Broker:
             private_env=frozenset(filter(None, [bc.curve_secret_key_env])),
             child_env=worker_env,
         )
+        self.gateway = self._gateway(config, spawn)
         now = time.monotonic()
         self.core = BrokerCore(
             config,
@@ -126,12 +129,24 @@ class Broker:
 
     # --- periodic work ------------------------------------------------------------------
 
+    def _gateway(self, config: Config, spawn: bool) -> GatewayProcess | None:
+        """The supervised HTTP gateway, when [http] asks for one and the config is a file."""
+        if not (spawn and config.http is not None and config.http.spawn and config.path):
+            return None
+        bc = config.broker
+        budget = RestartBudget(
+            bc.restart_backoff, bc.restart_backoff_max, bc.flap_restarts, bc.flap_window
+        )
+        return GatewayProcess(config.path, self.client_endpoint, budget)
+
     def _tick(self, now: float) -> None:
         if now >= self.next_stats:
             self.next_stats = now + self.bc.stats_interval
             status.log_stats(self.core, self.process)
         self.core.tick(now)
         self.core.processes_exited(self.supervisor.poll(now), now)
+        if self.gateway is not None:
+            self.gateway.poll(now)
         self._flush()
 
     def status(self) -> dict[str, Any]:
@@ -147,6 +162,8 @@ class Broker:
             providers=sorted(self.config.providers),
         )
         self.supervisor.start_all()
+        if self.gateway is not None:
+            self.gateway.start()
         self.core.catalog.start()  # live discovery, on its own thread
         poller = zmq.Poller()
         poller.register(self.clients, zmq.POLLIN)
@@ -175,6 +192,8 @@ class Broker:
 
     def shutdown(self) -> None:
         self.log.info("broker_stopping", jobs=len(self.core.jobs))
+        if self.gateway is not None:
+            self.gateway.stop()
         self.supervisor.stop_all()
         self.clients.close(linger=0)
         self.workers_sock.close(linger=0)
