@@ -31,7 +31,7 @@ from protocol.schema import (
     suggest,
 )
 from protocol.transport import SocketOptions
-from workers.registry import KINDS, backend_class
+from workers.registry import KINDS, option_schema
 from workers.spec import ProviderSpec
 
 __all__ = ["ConfigError", "load_config", "parse_config"]
@@ -127,7 +127,7 @@ def _provider(name: str, data: Any) -> ProviderSpec:
         if "kind" not in data:
             raise ConfigError(f"{where}.kind", f"missing ({name!r} is not a kind; {known})")
         raise ConfigError(f"{where}.kind", f"{kind!r} unknown" + (suggest(kind, KINDS) or known))
-    check_table(f"{where}.options", values.get("options", {}), backend_class(kind).option_schema())
+    check_table(f"{where}.options", values.get("options", {}), option_schema(kind))
     try:
         values["catalog"] = check_overrides(name, values.get("catalog", {}))
     except CatalogError as exc:
@@ -205,7 +205,7 @@ def resolved(config: Config) -> dict[str, Any]:
             name: masked(
                 {
                     **{k: v for k, v in asdict(spec).items() if k not in ("name", "options")},
-                    "options": masked(spec.options, backend_class(spec.kind).option_schema()),
+                    "options": masked(spec.options, option_schema(spec.kind)),
                 }
             )
             for name, spec in config.providers.items()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.registry import FEATURES, KINDS, backend_class, static_features
+from workers.registry import FEATURES, KINDS, backend_class, option_schema, static_features
 
 ROOT = Path(__file__).resolve().parent.parent
 # The broker core and the pure parts it uses: driven with `now` passed in, answering via outbox.
@@ -69,6 +69,27 @@ def test_importing_the_broker_imports_no_provider_module() -> None:
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_static_features_agree_with_the_backend_class(kind: str) -> None:
     assert static_features(kind) == backend_class(kind).features
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_option_schema_as_data_agrees_with_the_backend_class(kind: str) -> None:
+    assert option_schema(kind) == backend_class(kind).option_schema()
+
+
+def test_parsing_a_config_of_every_kind_imports_no_provider_module() -> None:
+    providers = ", ".join(f"'{k}': {{'kind': '{k}', 'models': ['m']}}" for k in sorted(KINDS))
+    code = (
+        "import sys\n"
+        "from dispatcher.config import parse_config\n"
+        f"parse_config({{'providers': {{{providers}}}}})\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('httpx', 'anyio')"
+        " or m.startswith(('workers.providers', 'workers.llamacpp', 'workers.http'))))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 def test_every_kind_has_features_and_unknown_kinds_are_named() -> None:

@@ -10,7 +10,8 @@ from typing import Any, ClassVar
 from catalog.schemas import SCHEMAS, Schema, check_params
 from protocol.errors import ErrorCategory, ProviderError
 from protocol.job import PARAMS, Job
-from protocol.schema import Bool, Float, Key
+from protocol.schema import Key
+from workers import options
 from workers.spec import ProviderSpec
 
 
@@ -60,10 +61,7 @@ class Backend(ABC):
     features: frozenset[str] = ALL_FEATURES
     # The `[providers.X.options]` keys this class reads itself; `option_schema()` adds the
     # inherited ones. The config rejects any other key, so every option read must be listed.
-    option_keys: ClassVar[Mapping[str, Key]] = {
-        "list_models": Bool(),  # ask the provider for its live model list at start
-        "list_models_timeout": Float(above=0),
-    }
+    option_keys: ClassVar[Mapping[str, Key]] = options.BACKEND
 
     @classmethod
     def option_schema(cls) -> dict[str, Key]:

@@ -22,7 +22,8 @@ import structlog
 
 from protocol.errors import ErrorCategory, ProviderError
 from protocol.job import Job
-from protocol.schema import Bool, Float, Key, Str
+from protocol.schema import Key
+from workers import options
 from workers.backend import MAX_MODEL_ID, MAX_MODELS, Backend, Finish, StreamEvent, TextDelta
 from workers.classify import MAX_MESSAGE, ErrorTable, classify, scrubbed
 from workers.decode import Event, Framing, StreamDecodeError, make_decoder
@@ -169,17 +170,7 @@ class HttpBackend(Backend):
     models_path: ClassVar[str | None] = None
     models_params: ClassVar[Mapping[str, str]] = {}  # query of the first page
 
-    option_keys: ClassVar[Mapping[str, Key]] = {
-        "base_url": Str(),
-        "api_key": Str(secret=True),  # better given through api_key_env
-        "api_key_env": Str(),
-        "connect_timeout": Float(above=0),
-        "read_timeout": Float(above=0),
-        "write_timeout": Float(above=0),
-        "total_timeout": Float(above=0),
-        "drain_grace": Float(min=0),
-        "trust_env": Bool(),
-    }
+    option_keys: ClassVar[Mapping[str, Key]] = options.HTTP
 
     def __init__(self, spec: ProviderSpec) -> None:
         super().__init__(spec)

@@ -11,6 +11,8 @@ import importlib
 from typing import TYPE_CHECKING
 
 from catalog.schemas import SCHEMAS, schema_features
+from protocol.schema import Key
+from workers import options
 
 if TYPE_CHECKING:
     from workers.backend import Backend
@@ -43,6 +45,15 @@ def static_features(kind: str) -> frozenset[str]:
     """What a backend of `kind` honours, without importing its module."""
     _known(kind)
     return FEATURES[kind]
+
+
+def option_schema(kind: str) -> dict[str, Key]:
+    """The `[providers.X.options]` keys a backend of `kind` reads, without importing it."""
+    _known(kind)
+    merged: dict[str, Key] = {}
+    for table in options.CHAINS[kind]:
+        merged.update(table)
+    return merged
 
 
 def backend_class(kind: str) -> type[Backend]:

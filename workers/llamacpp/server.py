@@ -25,7 +25,6 @@ import httpx
 import psutil
 import structlog
 
-from protocol.schema import Either, Float, Int, Key, Str, StrList
 from workers.llamacpp.binary import ServerBinary
 from workers.procutil import RestartBudget, die_with_parent_preexec, free_port, signal_group
 
@@ -67,26 +66,6 @@ class ServerFailed(RuntimeError):
         self.missing_model = missing_model
         tail = "\n".join(self.output[-12:])
         super().__init__(f"{message}\n--- llama-server output ---\n{tail}" if tail else message)
-
-
-# The options ServerConfig.from_options reads ([providers.X.options] of a llamacpp provider).
-SERVER_OPTION_KEYS: dict[str, Key] = {
-    "model_path": Str(),
-    "model": Str(),  # an alias of model_path
-    "binary": Str(),
-    "ctx_size": Int(min=1),
-    "n_gpu_layers": Either(Int(min=-1), Str()),  # a count, or "auto" / "all"
-    "extra_args": StrList(),
-    "load_timeout": Float(min=0),
-    "health_interval": Float(min=0),
-    "health_timeout": Float(min=0),
-    "health_failures": Int(min=1),
-    "restart_backoff": Float(min=0),
-    "restart_backoff_max": Float(min=0),
-    "max_restarts": Int(min=0),
-    "restart_window": Float(min=0),
-    "stop_timeout": Float(min=0),
-}
 
 
 def _num(options: dict[str, Any], name: str, default: float) -> float:

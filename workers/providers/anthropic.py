@@ -18,7 +18,8 @@ from catalog.schemas import SCHEMAS, schema_features
 from protocol.errors import ErrorCategory as C
 from protocol.errors import ProviderError
 from protocol.job import Job
-from protocol.schema import Int, Key, Str
+from protocol.schema import Key
+from workers import options
 from workers.backend import Finish, TextDelta
 from workers.classify import ErrorTable
 from workers.decode import Event
@@ -266,11 +267,7 @@ class AnthropicBackend(HttpBackend):
     def auth_headers(self, key: str) -> dict[str, str]:
         return {"x-api-key": key}
 
-    option_keys: ClassVar[Mapping[str, Key]] = {
-        "anthropic_version": Str(),
-        "anthropic_beta": Str(),
-        "max_tokens": Int(min=1),  # Anthropic requires one; used when a job gives none
-    }
+    option_keys: ClassVar[Mapping[str, Key]] = options.ANTHROPIC
 
     def extra_headers(self) -> dict[str, str]:
         opts = self.spec.options

@@ -24,12 +24,12 @@ import httpx
 from catalog.schemas import SCHEMAS, schema_features, schema_for
 from protocol.errors import ErrorCategory, ProviderError
 from protocol.job import FEATURE_VISION, Job
-from protocol.schema import Bool, Float, Key
+from protocol.schema import Key
+from workers import options
 from workers.backend import StreamEvent
 from workers.http import unsupported
 from workers.llamacpp.binary import BinaryNotFound, find_llama_server
 from workers.llamacpp.server import (
-    SERVER_OPTION_KEYS,
     LlamaServer,
     ServerConfig,
     ServerFailed,
@@ -54,11 +54,7 @@ class LlamaCppBackend(OpenAIBackend):
     # Tools are opt-in (enable_tools): with a template that lacks them they are ignored.
     schema = SCHEMAS["llamacpp"]
     features = schema_features(SCHEMAS["llamacpp"], vision=False)
-    option_keys: ClassVar[Mapping[str, Key]] = {
-        **SERVER_OPTION_KEYS,
-        "ready_wait": Float(min=0),
-        "enable_tools": Bool(),
-    }
+    option_keys: ClassVar[Mapping[str, Key]] = options.LLAMACPP
 
     def __init__(self, spec: ProviderSpec) -> None:
         # Always 127.0.0.1: an HTTP(S)_PROXY from the environment must not capture it.

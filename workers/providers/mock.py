@@ -24,7 +24,8 @@ from typing import Any, ClassVar
 
 from protocol.errors import ProviderError
 from protocol.job import Job
-from protocol.schema import Float, Int, Key, List, StrList
+from protocol.schema import Key
+from workers import options
 from workers.backend import Backend, Finish, StreamEvent, TextDelta
 
 
@@ -51,13 +52,7 @@ def script_tokens(script: dict[str, Any], job: Job) -> list[str]:
 
 class MockBackend(Backend):
     kind = "mock"
-    option_keys: ClassVar[Mapping[str, Key]] = {
-        "tokens": StrList(),
-        "token_count": Int(min=0),
-        "first_token_delay": Float(min=0),
-        "token_delay": Float(min=0),
-        "fail": List(),
-    }
+    option_keys: ClassVar[Mapping[str, Key]] = options.MOCK
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

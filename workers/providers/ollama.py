@@ -15,7 +15,8 @@ from catalog.discovery import ENDPOINTS, ollama_host
 from catalog.schemas import SCHEMAS, put, schema_features
 from protocol.errors import ErrorCategory as C
 from protocol.job import Job
-from protocol.schema import Either, Float, Int, Key, Str
+from protocol.schema import Key
+from workers import options
 from workers.backend import Finish, TextDelta
 from workers.classify import ErrorTable
 from workers.decode import Event, Framing
@@ -150,10 +151,7 @@ class OllamaBackend(HttpBackend):
     # No tool_choice: Ollama cannot force or forbid a tool call.
     schema = SCHEMA
     features = schema_features(SCHEMA)
-    option_keys: ClassVar[Mapping[str, Key]] = {
-        "keep_alive": Either(Str(), Float()),  # "5m", or seconds (negative: keep loaded)
-        "num_ctx": Int(min=1),
-    }
+    option_keys: ClassVar[Mapping[str, Key]] = options.OLLAMA
 
     def __init__(self, spec: ProviderSpec) -> None:
         super().__init__(spec)

@@ -17,7 +17,8 @@ from catalog.discovery import ENDPOINTS
 from catalog.schemas import SCHEMAS, schema_features
 from protocol.errors import ErrorCategory as C
 from protocol.job import Job
-from protocol.schema import Bool, Key, Str, Table
+from protocol.schema import Key
+from workers import options
 from workers.backend import Finish, TextDelta
 from workers.classify import ErrorTable
 from workers.decode import Event
@@ -148,13 +149,7 @@ class OpenAIBackend(HttpBackend):
     features = schema_features(SCHEMAS["openai"])
     include_usage: ClassVar[bool] = True  # ask for the usage chunk (stream_options)
 
-    option_keys: ClassVar[Mapping[str, Key]] = {
-        "organization": Str(),
-        "project": Str(),
-        "include_usage": Bool(),
-        "max_tokens_field": Str(choices=("max_completion_tokens", "max_tokens")),
-        "extra_body": Table(),
-    }
+    option_keys: ClassVar[Mapping[str, Key]] = options.OPENAI
 
     def extra_headers(self) -> dict[str, str]:
         opts = self.spec.options

@@ -18,7 +18,8 @@ from catalog.discovery import ENDPOINTS
 from catalog.schemas import SCHEMAS, schema_features
 from protocol.errors import ErrorCategory as C
 from protocol.job import Job
-from protocol.schema import Key, Str, Table
+from protocol.schema import Key
+from workers import options
 from workers.classify import ErrorTable
 from workers.http import ErrorInfo
 from workers.providers.openai import OpenAIBackend
@@ -88,11 +89,7 @@ class OpenRouterBackend(OpenAIBackend):
             return {"limit": "1000", "offset": str(seen)}
         return None
 
-    option_keys: ClassVar[Mapping[str, Key]] = {
-        "provider": Table(),  # OpenRouter's provider routing preferences
-        "referer": Str(),
-        "title": Str(),
-    }
+    option_keys: ClassVar[Mapping[str, Key]] = options.OPENROUTER
 
     def extra_headers(self) -> dict[str, str]:
         opts = self.spec.options
