@@ -141,9 +141,12 @@ class AttemptOutcomes:
         self._record_failure(provider, model, category, retry_after, now)
         if js.finished:
             return
+        if category is ErrorCategory.WORKER_LOST:
+            js.lost_attempts += 1
         decision = self.retry_policy.decide(
             category,
-            attempt=js.attempt,
+            attempt=js.attempt - js.lost_attempts,
+            lost=js.lost_attempts,
             max_attempts=js.job.max_attempts,
             voids_delivered_output=js.client_has_tokens,
             on_partial=js.job.on_partial,

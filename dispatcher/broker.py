@@ -30,6 +30,10 @@ from protocol.transport import apply_server_curve, tune_socket
 from workers.procutil import RestartBudget
 
 MAX_BATCH = 2000  # messages handled per socket per loop turn, so neither side starves
+# How often the loop asks the supervisor whether a worker process died (a non-blocking
+# waitpid per child). The core stops dispatching to a dead worker from then on, instead of
+# after its heartbeat timeout: a kill -9 storm would otherwise feed jobs to dead workers.
+EXIT_CHECK = 0.02
 
 
 class Broker:
@@ -105,7 +109,9 @@ class Broker:
         try:
             if len(frames) < 2:
                 raise ProtocolViolation("empty message")
-            msg = m.decode(frames[1].bytes)
+            # The header is decoded in place: a huge garbage frame is measured and parsed
+            # from ZeroMQ's own buffer, never copied into a bytes object first.
+            msg = m.decode(frames[1].buffer)
         except ProtocolViolation as exc:
             self.core.bad_message(side, identity, str(exc), now)
             return
@@ -144,10 +150,17 @@ class Broker:
             self.next_stats = now + self.bc.stats_interval
             status.log_stats(self.core, self.process)
         self.core.tick(now)
-        self.core.processes_exited(self.supervisor.poll(now), now)
+        self._reap(now)
         if self.gateway is not None:
             self.gateway.poll(now)
         self._flush()
+
+    def _reap(self, now: float) -> None:
+        """Tell the core at once about worker processes that exited (and restart them)."""
+        exited = self.supervisor.poll(now)
+        if exited:
+            self.core.processes_exited(exited, now)
+            self._flush()
 
     def status(self) -> dict[str, Any]:
         return status.build(self.core, time.monotonic())
@@ -169,13 +182,15 @@ class Broker:
         poller.register(self.clients, zmq.POLLIN)
         poller.register(self.workers_sock, zmq.POLLIN)
         tick_every = self.bc.heartbeat_interval / 2
-        next_tick = time.monotonic()
+        next_tick = next_exit_check = time.monotonic()
+        # With local workers to watch, wake often enough to notice an exit within ~EXIT_CHECK.
+        max_wait = 50 if self.supervisor.managed else 200
         core = self.core
         try:
             while not self.stop_event.is_set():
                 now = time.monotonic()
                 wait = min(next_tick, core.wake_at) - now
-                events = dict(poller.poll(max(0, min(int(wait * 1000) + 1, 200))))
+                events = dict(poller.poll(max(0, min(int(wait * 1000) + 1, max_wait))))
                 if self.workers_sock in events:
                     self._drain(WORKER)
                 if self.clients in events:
@@ -184,6 +199,9 @@ class Broker:
                 if now >= next_tick:
                     self._tick(now)
                     next_tick = now + tick_every
+                if now >= next_exit_check:
+                    next_exit_check = now + EXIT_CHECK
+                    self._reap(now)
                 if core.needs_dispatch or now >= core.wake_at:
                     core.dispatch_pending(now)
                     self._flush()

@@ -55,6 +55,8 @@ class BrokerConfig:
     default_timeout: float = field(default=3600.0, metadata=limits(above=0))
     # consecutive failures that open a circuit
     circuit_failures: int = field(default=5, metadata=limits(min=1))
+    # attempts a job may lose with a dying worker, counted apart from its max_attempts
+    max_worker_lost: int = field(default=10, metadata=limits(min=1, max=1000))
     # first open period; doubles on each failed probe
     circuit_cooldown: float = field(default=5.0, metadata=limits(min=0))
     circuit_max_cooldown: float = field(default=120.0, metadata=limits(min=0))

@@ -8,6 +8,7 @@ the entry points below (`client_message`, `worker_message`, `bad_message`, `tick
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
@@ -19,7 +20,7 @@ from dispatcher.catalog_service import CatalogService
 from dispatcher.config import Config
 from dispatcher.health import CircuitPolicy, HealthBook
 from dispatcher.jobs import JobState, WorkerState
-from dispatcher.outbox import WORKER, Outbox, Side
+from dispatcher.outbox import CLIENT, WORKER, Outbox, Side
 from dispatcher.pacing import Pacer, estimate_tokens
 from dispatcher.retry import RetryPolicy
 from dispatcher.routing import resolve
@@ -30,6 +31,14 @@ from protocol.errors import ErrorCategory, ProviderError
 from workers.registry import static_features
 
 log = structlog.get_logger("llmrelay.broker")
+
+
+def job_id_of(msg: m.Message) -> str | None:
+    """The job a message is about, if any."""
+    if isinstance(msg, m.Submit | m.Dispatch):
+        return msg.job.id
+    job_id = getattr(msg, "job_id", None)
+    return job_id if isinstance(job_id, str) else None
 
 
 class ProcessControl(Protocol):
@@ -57,6 +66,8 @@ class BrokerCore:
         self.processes = processes
         self.endpoints = dict(endpoints or {})  # shown in status
         self.started = now
+        # Told to clients on Pong and Accepted: a restarted broker is recognisably a new one.
+        self.instance = secrets.token_hex(8)
         self.log = log.bind(component="broker")
         self.outbox = Outbox()
         # Knows every configured provider; its live discovery runs on a thread only once
@@ -79,7 +90,8 @@ class BrokerCore:
             self.workers,
             self.health,
             self.pacers,
-            retry_policy or RetryPolicy(bc.retry_base_delay, bc.retry_max_delay),
+            retry_policy
+            or RetryPolicy(bc.retry_base_delay, bc.retry_max_delay, max_lost=bc.max_worker_lost),
             self.log,
             self.catalog.cost,
         )
@@ -118,10 +130,57 @@ class BrokerCore:
             self.outbox.to_client(identity, reply)
 
     def client_message(self, identity: bytes, msg: m.Message, now: float) -> None:
+        try:
+            self._client_message(identity, msg, now)
+        except Exception as exc:  # a bug must still answer the job, not leave it waiting
+            self._handler_failed(CLIENT, identity, msg, exc)
+
+    def worker_message(
+        self, identity: bytes, msg: m.Message, payload: Sequence[object], now: float
+    ) -> None:
+        """`payload`: the frames after the routing id, as received (relayed as they are)."""
+        try:
+            self._worker_message(identity, msg, payload, now)
+        except Exception as exc:
+            self._handler_failed(WORKER, identity, msg, exc)
+
+    def _handler_failed(self, side: Side, identity: bytes, msg: m.Message, exc: Exception) -> None:
+        """Answer for a message whose handling raised: its job fails `internal`, once.
+
+        The traceback is logged once here; the job (if the message names one) is aborted so
+        its client hears a final answer instead of waiting for a deadline that may not exist.
+        """
+        job_id = job_id_of(msg)
+        self.log.exception("message_handler_failed", side=side, type=msg.TYPE, job=job_id)
+        text = f"internal error handling {msg.TYPE}: {type(exc).__name__}: {str(exc)[:300]}"
+        err = ProviderError(ErrorCategory.INTERNAL, text, job_id=job_id)
+        js = self.scheduler.jobs.get(job_id) if job_id is not None else None
+        if js is not None:
+            try:
+                self.scheduler.abort(js, err)
+                return
+            except Exception:  # the job's state is what broke: drop it, still answer
+                self.log.exception("job_abort_failed", job=job_id)
+                self.scheduler.jobs.pop(js.id, None)
+                js.finished = True
+                if js.queued:
+                    js.queued = False
+                self.outbox.to_client(
+                    js.client, m.Failed(job_id=js.id, attempt=js.attempt, error=err.to_wire())
+                )
+                return
+        if side != CLIENT:
+            return
+        if job_id is not None and isinstance(msg, m.Submit):
+            self.outbox.to_client(identity, m.Failed(job_id=job_id, attempt=0, error=err.to_wire()))
+        else:
+            self.outbox.to_client(identity, m.Error(message=text, job_id=job_id))
+
+    def _client_message(self, identity: bytes, msg: m.Message, now: float) -> None:
         if isinstance(msg, m.Submit):
             self._submit(identity, msg, now)
         elif isinstance(msg, m.Ping):
-            self.outbox.to_client(identity, m.Pong())
+            self.outbox.to_client(identity, m.Pong(broker=self.instance))
         elif isinstance(msg, m.Cancel):
             self._cancel(msg.job_id)
         elif isinstance(msg, m.StatusQuery):
@@ -133,10 +192,9 @@ class BrokerCore:
             error = m.Error(message=f"unexpected message type {msg.TYPE!r}")
             self.outbox.to_client(identity, error)
 
-    def worker_message(
+    def _worker_message(
         self, identity: bytes, msg: m.Message, payload: Sequence[object], now: float
     ) -> None:
-        """`payload`: the frames after the routing id, as received (relayed as they are)."""
         worker = self.workers.get(identity)
         if worker is not None:
             worker.last_seen = now
@@ -239,7 +297,9 @@ class BrokerCore:
         )
         self.scheduler.admit(js)
         names = [str(c) for c in resolved.candidates]
-        accepted = m.Accepted(job_id=job.id, candidates=names, skipped=resolved.skipped)
+        accepted = m.Accepted(
+            job_id=job.id, candidates=names, skipped=resolved.skipped, broker=self.instance
+        )
         self.outbox.to_client(identity, accepted)
         self.log.debug("job_accepted", job=job.id, candidates=names)
 
@@ -247,7 +307,9 @@ class BrokerCore:
         """Same id again: the caller reconnected. Re-attach; restart if it missed frames."""
         js.client = identity
         names = [str(c) for c in js.candidates]
-        accepted = m.Accepted(job_id=js.id, candidates=names, skipped=js.skipped)
+        accepted = m.Accepted(
+            job_id=js.id, candidates=names, skipped=js.skipped, broker=self.instance
+        )
         self.outbox.to_client(identity, accepted)
         if js.worker is not None and msg.delivered != js.frames:
             self.log.info("job_restarted_for_client", job=js.id, attempt=js.attempt)

@@ -79,6 +79,7 @@ class JobState:
     skipped: list[dict[str, str]]
     deadline: float
     attempt: int = 0  # number of the latest dispatched attempt
+    lost_attempts: int = 0  # attempts lost with their worker process (not the provider's fault)
     trail: list[Attempt] = field(default_factory=list)
     worker: WorkerState | None = None
     candidate: Candidate | None = None

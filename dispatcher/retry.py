@@ -34,6 +34,7 @@ class RetryPolicy:
     base_delay: float = 0.25
     max_delay: float = 10.0
     rand: Callable[[], float] = random.random
+    max_lost: int = 10  # worker_lost attempts a job may have (BrokerConfig.max_worker_lost)
 
     def backoff(self, tries: int) -> float:
         """Exponential backoff with jitter in [50%, 100%] of the step."""
@@ -50,15 +51,24 @@ class RetryPolicy:
         on_partial: str,
         retry_after: float | None,
         tries_here: int,
+        lost: int = 0,
     ) -> Decision:
+        """`attempt`: attempts the providers had (lost ones excluded); `lost`: attempts lost
+        with their worker process. A kill storm must not fail a job a healthy worker could
+        finish, so losses have their own bound and are retried at once."""
         disposition = FAILURE_CLASSES[category].disposition
         if disposition is Disposition.FINAL:
             return Decision(give_up="not retryable")
-        if attempt >= max_attempts:
+        if category is ErrorCategory.WORKER_LOST:
+            if lost > self.max_lost:
+                return Decision(give_up=f"worker lost {lost} times")
+        elif attempt >= max_attempts:
             return Decision(give_up=f"{attempt} attempts used")
         if voids_delivered_output and on_partial == "fail":
             return Decision(give_up="tokens already delivered and on_partial=fail")
         if disposition is Disposition.FAILOVER:
             return Decision(exclude=True)
+        if category is ErrorCategory.WORKER_LOST:
+            return Decision()  # the provider did nothing wrong: no backoff
         delay = retry_after if retry_after is not None else self.backoff(tries_here)
         return Decision(delay=delay)

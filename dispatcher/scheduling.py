@@ -78,8 +78,21 @@ class Scheduler:
         self.next_wake = math.inf
         if not self.queue:
             return
-        for js in self.queue.rounds(lambda js: self._try_dispatch(js, now)):
+        for js in self.queue.rounds(lambda js: self._try_dispatch_guarded(js, now)):
             js.queued = False
+
+    def _try_dispatch_guarded(self, js: JobState, now: float) -> bool:
+        """`_try_dispatch`, but a bug while placing one job fails that job `internal` (logged
+        once with its traceback) instead of escaping the broker loop with it still queued."""
+        try:
+            return self._try_dispatch(js, now)
+        except Exception as exc:
+            self.log.exception("dispatch_failed", job=js.id)
+            text = f"internal error dispatching the job: {type(exc).__name__}: {str(exc)[:300]}"
+            if js.worker is not None:
+                self.unassign(js, cancel=True)
+            self.fail(js, ProviderError(ErrorCategory.INTERNAL, text))
+            return True
 
     def _view(self, cand: Candidate, now: float) -> CandidateView:
         """What the route's strategy sees of a candidate now."""

@@ -16,6 +16,7 @@ def build(core: BrokerCore, now: float) -> dict[str, Any]:
     queue = core.scheduler.queue
     return {
         "uptime": now - core.started,
+        "instance": core.instance,  # this broker run (a restart gets a new one)
         **core.endpoints,
         "queued": len(queue),
         "running": workers.running(),

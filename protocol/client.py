@@ -88,6 +88,7 @@ class _Pending:
     parts: list[str] = field(default_factory=list)
     resets: int = 0
     finished: bool = False
+    accepted_by: str | None = None  # instance id of the broker run that accepted it
 
     def start_attempt(self, attempt: int, reason: str) -> None:
         if self.parts:
@@ -128,6 +129,9 @@ class AsyncClient:
         self.connect_timeout = connect_timeout
         self.deadline_grace = deadline_grace
         self.heard_broker = False  # any message from a broker since this client started
+        self.broker_instance: str | None = None  # the broker run we last heard from
+        self.broker_restarts = 0  # new broker runs seen (each resubmitted our unfinished jobs)
+        self._background: set[asyncio.Task[None]] = set()
         # The broker queues fairly per name; one per client object unless the caller shares one.
         host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:60]
         self.name = need_id(name or f"{host}-{os.getpid()}-{secrets.token_hex(3)}", "client name")
@@ -243,6 +247,13 @@ class AsyncClient:
             pending = self.pending.get(msg.job_id)
             if pending is not None and not pending.finished:
                 pending.end(ProviderError.from_wire(msg.error, job_id=msg.job_id))
+        elif isinstance(msg, m.Accepted):
+            pending = self.pending.get(msg.job_id)
+            if pending is not None:
+                pending.accepted_by = msg.broker
+            self._broker_is(msg.broker)
+        elif isinstance(msg, m.Pong):
+            self._broker_is(msg.broker)
         elif isinstance(msg, m.StatusReply):
             if self.status_waiters:
                 waiter = self.status_waiters.pop(0)
@@ -256,6 +267,25 @@ class AsyncClient:
             pending = self.pending.get(msg.job_id)
             if pending is not None and not pending.finished:
                 pending.end(ProviderError(ErrorCategory.PROTOCOL, msg.message, job_id=msg.job_id))
+
+    def _broker_is(self, instance: str | None) -> None:
+        """A broker run's id: a new one lost every job the old run had (a quick restart
+        reconnects before the liveness window notices), so resubmit those at once."""
+        if instance is None or instance == self.broker_instance:
+            return
+        known, self.broker_instance = self.broker_instance, instance
+        if known is None:
+            return
+        self.broker_restarts += 1
+        lost = [p for p in self.pending.values() if not p.finished and p.accepted_by != instance]
+        task = asyncio.get_running_loop().create_task(self._resubmit(lost))
+        self._background.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._background.discard)
+
+    async def _resubmit(self, pendings: list[_Pending]) -> None:
+        for pending in pendings:
+            if not pending.finished:
+                await self._send_submit(pending)
 
     def _done(self, msg: m.Done) -> None:
         pending = self.pending.get(msg.job_id)

@@ -27,6 +27,7 @@ class ErrorCategory(StrEnum):
     NO_PROVIDER = "no_provider"
     WORKER_LOST = "worker_lost"
     BROKER_UNREACHABLE = "broker_unreachable"  # client side: no broker answered in time
+    INTERNAL = "internal"  # the broker failed while handling this job's message (a bug)
 
     @classmethod
     def parse(cls, value: object) -> ErrorCategory:
@@ -98,6 +99,7 @@ FAILURE_CLASSES: dict[ErrorCategory, FailureClass] = {
     ErrorCategory.NO_PROVIDER: FailureClass(_D.FINAL, _H.NONE, _R.NOBODY),
     ErrorCategory.WORKER_LOST: FailureClass(_D.RETRY, _H.NONE, _R.BROKER),
     ErrorCategory.BROKER_UNREACHABLE: FailureClass(_D.FINAL, _H.NONE, _R.NOBODY),
+    ErrorCategory.INTERNAL: FailureClass(_D.FINAL, _H.NONE, _R.NOBODY),
 }
 # The disposition column alone (what workers report as `retryable`).
 DISPOSITION: dict[ErrorCategory, Disposition] = {

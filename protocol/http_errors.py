@@ -48,6 +48,7 @@ ROWS: dict[ErrorCategory, Row] = {
     C.NO_PROVIDER: Row(503, "server_error", "no_provider", 503, "api_error"),
     C.BROKER_UNREACHABLE: Row(503, "server_error", "broker_unreachable", 503, "api_error"),
     C.SERVER_ERROR: Row(500, "server_error", "server_error", 500, "api_error"),
+    C.INTERNAL: Row(500, "server_error", "internal", 500, "api_error"),  # a broker bug
     C.WORKER_LOST: Row(500, "server_error", "server_error", 500, "api_error"),
     C.PROTOCOL: Row(502, "server_error", "bad_gateway", 502, "api_error"),
     C.NETWORK: Row(502, "server_error", "bad_gateway", 502, "api_error"),

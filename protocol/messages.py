@@ -121,10 +121,14 @@ class Message:
         return cls(**kwargs)
 
 
-def decode(frame: bytes) -> Message:
-    """Decode and validate one header frame; raises ProtocolViolation on anything wrong."""
-    if len(frame) > MAX_HEADER_BYTES:
-        raise ProtocolViolation(f"message of {len(frame)} bytes exceeds {MAX_HEADER_BYTES}")
+def decode(frame: bytes | memoryview) -> Message:
+    """Decode and validate one header frame; raises ProtocolViolation on anything wrong.
+
+    The size is checked before anything is parsed; a memoryview is parsed without a copy.
+    """
+    size = frame.nbytes if isinstance(frame, memoryview) else len(frame)
+    if size > MAX_HEADER_BYTES:
+        raise ProtocolViolation(f"message of {size} bytes exceeds {MAX_HEADER_BYTES}")
     try:
         body = msgpack.unpackb(frame, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types
@@ -157,10 +161,11 @@ class Submit(Message):
 @dataclass(slots=True)
 class Accepted(Message):
     TYPE = "accepted"
-    CHECKS = {"job_id": _id, "candidates": _str_list, "skipped": _map_list}
+    CHECKS = {"job_id": _id, "candidates": _str_list, "skipped": _map_list, "broker": _id}
     job_id: str
     candidates: list[str] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    broker: str | None = None  # the broker run's instance id (see Pong)
 
 
 @dataclass(slots=True)
@@ -272,7 +277,12 @@ class Ping(Message):
 
 @dataclass(slots=True)
 class Pong(Message):
+    """Broker -> client: alive. `broker` is this broker run's instance id: a client that sees
+    a new one knows its unfinished jobs died with the old run and resubmits them at once."""
+
     TYPE = "pong"
+    CHECKS = {"broker": _id}
+    broker: str | None = None
 
 
 @dataclass(slots=True)

@@ -92,7 +92,10 @@ class CoreHarness:
         self.now = START
         self.processes = StubProcesses()
         policy = RetryPolicy(
-            config.broker.retry_base_delay, config.broker.retry_max_delay, rand=lambda: jitter
+            config.broker.retry_base_delay,
+            config.broker.retry_max_delay,
+            rand=lambda: jitter,
+            max_lost=config.broker.max_worker_lost,
         )
         self.core = BrokerCore(config, self.processes, self.now, retry_policy=policy)
         self.workers: dict[bytes, FakeWorker] = {}

@@ -35,13 +35,20 @@ def test_failover_categories_exclude_the_provider(category: C) -> None:
 
 
 @pytest.mark.parametrize(
-    "category", [C.RATE_LIMITED, C.OVERLOADED, C.SERVER_ERROR, C.NETWORK, C.PROTOCOL, C.WORKER_LOST]
+    "category", [C.RATE_LIMITED, C.OVERLOADED, C.SERVER_ERROR, C.NETWORK, C.PROTOCOL]
 )
 def test_retry_categories_back_off(category: C) -> None:
     assert decide(category, tries_here=1) == Decision(delay=1.0)
     assert decide(category, tries_here=3) == Decision(delay=4.0)
     assert decide(category, tries_here=10) == Decision(delay=8.0)  # capped
     assert decide(category, retry_after=2.5) == Decision(delay=2.5)  # the server knows best
+
+
+def test_worker_lost_is_retried_at_once_within_its_own_bound() -> None:
+    # Not the provider's fault: no backoff, and max_attempts does not apply (attempt=4 of 4).
+    assert decide(C.WORKER_LOST, attempt=4, tries_here=3, lost=10) == Decision()
+    assert decide(C.WORKER_LOST, lost=11).give_up == "worker lost 11 times"
+    assert decide(C.WORKER_LOST, voids_delivered_output=True, on_partial="fail").give_up
 
 
 def test_attempt_budget_and_partial_output_policy() -> None:

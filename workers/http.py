@@ -94,7 +94,11 @@ def _shape_checked(read: Callable[[Any], T], data: Any) -> T:
     """Run a provider's reader; JSON of an unexpected shape is the server's fault, not ours."""
     try:
         return read(data)
-    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+    except Malformed:
+        raise
+    # ValueError: e.g. dict.update() given a list where the format has an object (found by
+    # tests/test_fuzz.py); int() of a non-numeric string.
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
         raise Malformed(f"unexpected response shape ({type(exc).__name__}: {exc})") from None
 
 
