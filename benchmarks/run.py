@@ -1,19 +1,166 @@
-"""`make bench`: every benchmark, each printing its figures beside its baseline."""
+"""`make bench`: every benchmark beside its baseline in the same run; one table of figures and
+ratios, also written to bench/results/<date>.json and docs/performance.md.
+
+    python -m benchmarks.run                 # the full run (about 15-25 minutes on 2 cores)
+    python -m benchmarks.run --smoke --out D # tiny sizes, results under D (what CI runs)
+    python -m benchmarks.run --only ceiling,batch
+"""
 
 from __future__ import annotations
 
-import importlib
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import subprocess
 import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-BENCHMARKS = ["benchmarks.broker_throughput", "benchmarks.llama_throughput"]
+import structlog
+
+from benchmarks.common import ROOT, Row
+
+# latency last: it imports LiteLLM into this process, which would skew the client rows after it
+BENCHES = ("ceiling", "batch", "llama", "latency")
 
 
-def main() -> int:
-    for name in BENCHMARKS:
-        print(f"\n## {name}", flush=True)
-        module = importlib.import_module(name)
-        module.main()
-    return 0
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "system": f"{platform.system()} {platform.release()}",
+        "commit": commit,
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def benches(smoke: bool, peers: bool) -> dict[str, Callable[[], list[Row]]]:
+    from benchmarks import batch_scale, ceiling, latency, llama
+
+    if smoke:
+        sizes = latency.Sizes(rounds=1, serial=10, parallel=64, failover=10)
+        return {
+            "ceiling": lambda: ceiling.run(jobs=300, window=64, frames_per_job=(10,)),
+            "latency": lambda: latency.run(sizes, peers=peers),
+            "batch": lambda: batch_scale.run((200, 400)),
+            "llama": lambda: llama.run(llama.default_models(smoke=True), rounds=1),
+        }
+    return {
+        "ceiling": lambda: ceiling.run(),
+        "latency": lambda: latency.run(latency.Sizes(serial=200, parallel=1000), peers=peers),
+        "batch": lambda: batch_scale.run(),
+        "llama": lambda: llama.run(llama.default_models(smoke=False)),
+    }
+
+
+def cpu_text(cpu: dict[str, float]) -> str:
+    return " / ".join(f"{k} {v:.2f}" for k, v in cpu.items())
+
+
+def table(rows: list[Row]) -> str:
+    head = "| bench | measure | path | value | baseline | ratio | added | target | CPU ms/job |"
+    lines = [head, "|" + "---|" * 9]
+    for r in rows:
+        added = f"{r.value - r.baseline:+.2f}" if not r.higher_is_better else ""
+        same = r.path == r.baseline_path
+        lines.append(
+            f"| {r.bench} | {r.measure} | {r.path} | {r.value:,.2f} | "
+            f"{'(baseline)' if same else f'{r.baseline:,.2f} ({r.baseline_path})'} | "
+            f"{'' if same else f'{r.ratio:.3f}'} | {'' if same else added} | {r.target} | "
+            f"{cpu_text(r.cpu_ms_per_job)} |"
+        )
+    return "\n".join(lines)
+
+
+def write_doc(path: Path, facts: dict[str, Any], text: str, command: str) -> None:
+    m = facts["machine"]
+    path.write_text(
+        "# Performance\n\n"
+        "Figures from the latest `make bench` (written by `benchmarks/run.py`; every row was "
+        "measured beside its baseline in the same run, so read the ratios, not the absolute "
+        "numbers). `ratio` is value / baseline: above 1 is faster for rates and slower for "
+        "latencies and sizes; `added` is value - baseline for latencies. CPU ms/job is the "
+        "kernel's count of user + system time of each process over the row's run, per job.\n\n"
+        f"- run: {facts['date']}, commit {m['commit']}, {facts['seconds']:.0f} s\n"
+        f"- machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, {m['system']}; "
+        f"load average {m['load_average_at_start']} at the start: the machine was shared "
+        "with other work, so figures are noisy\n"
+        "- the fake OpenAI server (benchmarks/sse_fake.py, uvicorn) is pinned to core 0 and "
+        "everything measured to the other cores\n\n"
+        f"Reproduce: `{command}` (raw figures: `bench/results/<date>.json`).\n\n"
+        f"{text}\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="llmrelay benchmarks")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks they run")
+    parser.add_argument("--only", default=",".join(BENCHES), help=f"subset of {BENCHES}")
+    parser.add_argument("--no-peers", action="store_true", help="skip the LiteLLM rows")
+    parser.add_argument("--out", type=Path, default=ROOT, help="where bench/ and docs/ go")
+    args = parser.parse_args(argv)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    logging.getLogger("LiteLLM").setLevel(logging.WARNING)
+    wanted = [b for b in args.only.split(",") if b]
+    unknown = set(wanted) - set(BENCHES)
+    if unknown:
+        parser.error(f"--only: unknown benchmark(s) {sorted(unknown)}; choose from {BENCHES}")
+    started = time.monotonic()
+    facts: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "smoke": args.smoke,
+    }
+    rows: list[Row] = []
+    todo = benches(args.smoke, peers=not args.no_peers)
+    errors: dict[str, str] = {}
+    for name in wanted:
+        print(f"## {name}", file=sys.stderr, flush=True)
+        try:
+            got = todo[name]()
+        except Exception as exc:  # one broken benchmark must not lose the others' figures
+            errors[name] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            print(f"{name} FAILED: {errors[name]}", file=sys.stderr, flush=True)
+            continue
+        rows += got
+        print(table(got), file=sys.stderr, flush=True)
+    facts["errors"] = errors
+    facts["seconds"] = time.monotonic() - started
+    facts["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    text = table(rows)
+    for name, error in errors.items():
+        text += f"\n\n**{name} did not finish**: {error}"
+    print(text)
+    stamp = facts["date"].replace(":", "").replace("+0000", "Z")
+    results = args.out / "bench" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{stamp}.json").write_text(
+        json.dumps({**facts, "rows": [r.to_json() for r in rows]}, indent=1) + "\n"
+    )
+    docs = args.out / "docs"
+    docs.mkdir(parents=True, exist_ok=True)
+    command = "make bench" if not args.smoke else "python -m benchmarks.run --smoke"
+    if wanted != list(BENCHES):
+        command = f"python -m benchmarks.run --only {','.join(wanted)}"
+    write_doc(docs / "performance.md", facts, text, command)
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":

@@ -56,20 +56,39 @@ def estimate(messages: Sequence[dict[str, Any]]) -> TokenCount:
     return TokenCount(tokens, False, "estimate")
 
 
+class _NoDownload(OSError):
+    pass
+
+
 @cache
 def _encoding(model: str) -> Any:
-    """tiktoken's encoding for `model`, or None (looked up once per model: a failed import
-    is not cached by Python, and the broker asks on every submit)."""
+    """tiktoken's encoding for `model` from its local cache, or None; looked up once per
+    model (a failed import is not cached by Python, and the broker asks on every submit).
+
+    On a cache miss tiktoken would download the file, inside the broker's loop on every job
+    (each try stalling it for a DNS timeout offline); its fetch is refused here instead.
+    """
     try:
         import tiktoken
+        import tiktoken.load
     except ImportError:
         return None
+    fetch = tiktoken.load.read_file
+    if not getattr(fetch, "llmrelay_offline", False):
+
+        def offline(blobpath: str) -> bytes:
+            if blobpath.startswith(("http://", "https://")):
+                raise _NoDownload(f"not downloading {blobpath} at run time")
+            return fetch(blobpath)
+
+        offline.llmrelay_offline = True  # type: ignore[attr-defined]
+        tiktoken.load.read_file = offline
     try:
         try:
             return tiktoken.encoding_for_model(model)
         except KeyError:
             return tiktoken.get_encoding("o200k_base")
-    except Exception:  # no cached encoding file and no network: not exact, say so
+    except Exception:  # no cached encoding file: not exact, say so
         return None
 
 

@@ -5,13 +5,12 @@ Part of the broker core: no sockets (sends go to the outbox) and no clock (`now`
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import math
 from collections import OrderedDict
 from typing import Any
 
 from dispatcher.config import Config
+from dispatcher.deadlines import DeadlineHeap
 from dispatcher.health import HealthBook
 from dispatcher.jobs import JobState, WorkerState
 from dispatcher.outbox import Outbox
@@ -48,8 +47,7 @@ class Scheduler:
         self.log = log
         self.jobs: dict[str, JobState] = {}
         self.queue: FairQueue[JobState] = FairQueue()
-        self.deadlines: list[tuple[float, int, str]] = []
-        self.counter = itertools.count()
+        self.deadlines = DeadlineHeap(self._deadline_of)
         # Finished jobs' encoded outcome and frame count, for idempotent resubmission.
         self.finished: OrderedDict[str, tuple[list[bytes], int | None]] = OrderedDict()
         self.totals = {"submitted": 0, "done": 0, "failed": 0, "retries": 0, "frames": 0}
@@ -58,10 +56,14 @@ class Scheduler:
 
     # --- admitting and queueing ---------------------------------------------------------
 
+    def _deadline_of(self, job_id: str) -> float | None:
+        js = self.jobs.get(job_id)
+        return None if js is None else js.deadline
+
     def admit(self, js: JobState) -> None:
         self.jobs[js.id] = js
         self.totals["submitted"] += 1
-        heapq.heappush(self.deadlines, (js.deadline, next(self.counter), js.id))
+        self.deadlines.push(js.deadline, js.id)
         self.enqueue(js)
 
     def enqueue(self, js: JobState, *, front: bool = False) -> None:
@@ -237,11 +239,8 @@ class Scheduler:
 
     def expire(self, now: float) -> None:
         """Abort every job whose deadline has passed."""
-        while self.deadlines and self.deadlines[0][0] <= now:
-            _, _, job_id = heapq.heappop(self.deadlines)
-            js = self.jobs.get(job_id)
-            if js is None:
-                continue
+        for job_id in self.deadlines.expired(now):
+            js = self.jobs[job_id]  # expired() yields only live jobs, one at a time
             err = ProviderError(ErrorCategory.DEADLINE, "job deadline passed")
             if js.last_error is not None:
                 err.message += f"; last error: {js.last_error.message}"
@@ -249,7 +248,8 @@ class Scheduler:
 
     def finish(self, js: JobState, msg: m.Message, frames: int | None) -> None:
         js.finished = True
-        self.jobs.pop(js.id, None)
+        if self.jobs.pop(js.id, None) is not None:
+            self.deadlines.finished()
         encoded = [msg.encode()]
         self.finished[js.id] = (encoded, frames)
         while len(self.finished) > self.bc.finished_cache:

@@ -17,7 +17,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -304,6 +304,17 @@ class AsyncClient:
 
     async def submit_job(self, job: Job) -> AsyncIterator[Event]:
         """Stream the events of one job; raises ProviderError when the job fails."""
+        async with contextlib.aclosing(self.submit_job_batches(job)) as batches:
+            async for batch in batches:
+                for event in batch:
+                    yield event
+
+    async def submit_job_batches(self, job: Job) -> AsyncGenerator[list[Event], None]:
+        """`submit_job`, yielding every event already received at once (in order).
+
+        For callers that pay per resumption: the blocking `Client` crosses threads once per
+        batch, not once per token.
+        """
         pending = self.pending.get(job.id)
         if pending is None or pending.finished:
             pending = self.pending[job.id] = _Pending(job=job)
@@ -318,10 +329,17 @@ class AsyncClient:
             await self._send_submit(pending)
             while True:
                 item = await pending.events.get()
+                batch: list[Event] = []
+                while not isinstance(item, ProviderError):
+                    batch.append(item)
+                    if isinstance(item, Done) or pending.events.empty():
+                        break
+                    item = pending.events.get_nowait()
+                if batch:
+                    yield batch
                 if isinstance(item, ProviderError):
                     raise item
-                yield item
-                if isinstance(item, Done):
+                if isinstance(batch[-1], Done):
                     return
         finally:
             for watchdog in watchdogs:
@@ -566,13 +584,17 @@ class Client:
             if self._loop.is_running():
                 self._call(agen.aclose())  # type: ignore[attr-defined]
 
+    def _flatten(self, batches: AsyncIterator[list[T]]) -> Iterator[T]:
+        for batch in self._iterate(batches):
+            yield from batch
+
     def complete(self, **kwargs: Any) -> Result:
         result: Result = self._call(self._async.complete(**kwargs))
         return result
 
     def stream(self, **kwargs: Any) -> Iterator[Event]:
         job = build_job(**kwargs)  # validate in the caller's thread, before anything is sent
-        return self._iterate(self._async.submit_job(job))
+        return self._flatten(self._async.submit_job_batches(job))
 
     def map(
         self, jobs: Iterable[Mapping[str, Any]], *, concurrency: int = 64

@@ -2,7 +2,8 @@
 
 Open (tune, CURVE, connect), liveness (when was the broker last heard), reconnect by swapping
 the socket between two polls (so no await is pending on a closed socket), drain what is
-queued without one await per message, and send without an event-loop round trip.
+queued without one await per message, and send without an event-loop round trip. Readiness
+(protocol/readiness.py) owns the socket's FD, so no wake-up is lost to a send.
 """
 
 from __future__ import annotations
@@ -11,16 +12,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 import zmq
-import zmq.asyncio
 
-from protocol.transport import (
-    SocketOptions,
-    apply_client_curve,
-    drain,
-    send_fast,
-    shadow,
-    tune_socket,
-)
+from protocol.readiness import Readiness
+from protocol.transport import SocketOptions, apply_client_curve, tune_socket
 
 
 class PeerLink:
@@ -41,9 +35,9 @@ class PeerLink:
         self.heartbeat_interval = heartbeat_interval
         self.liveness = liveness
         self.on_reopen = on_reopen
-        self.ctx = zmq.asyncio.Context.instance()
-        self.sock: zmq.asyncio.Socket | None = None
-        self.raw: zmq.Socket[bytes]  # blocking-API view of `sock` for non-blocking calls
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self.ready: Readiness | None = None  # the current socket and its FD's wake-ups
+        self.closed_missed = 0  # lost wake-ups counted on sockets already closed
         self.last_heard = time.monotonic()
         self.routing_id = b""  # the current socket's identity
         self.reconnects = 0
@@ -51,27 +45,32 @@ class PeerLink:
 
     @property
     def is_open(self) -> bool:
-        return self.sock is not None
+        return self.ready is not None
+
+    @property
+    def missed(self) -> int:
+        """Receive waits that timed out with a message waiting (lost wake-ups; should be 0)."""
+        return self.closed_missed + (self.ready.missed if self.ready is not None else 0)
 
     def open(self) -> bytes:
         """A fresh socket (closing any old one); returns its routing identity."""
         self.close()
         identity = self.identity()
-        sock = self.ctx.socket(zmq.DEALER)
+        sock: zmq.Socket[bytes] = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.IDENTITY, identity)
         tune_socket(sock, self.options)
         apply_client_curve(sock, self.options)
         sock.connect(self.endpoint)
-        self.sock = sock
-        self.raw = shadow(sock)
+        self.ready = Readiness(sock)
         self.routing_id = identity
         self.last_heard = time.monotonic()
         return identity
 
     def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close(linger=0)
-            self.sock = None
+        if self.ready is not None:
+            self.closed_missed += self.ready.missed
+            self.ready.close()
+            self.ready = None
 
     # --- liveness -------------------------------------------------------------------------
 
@@ -96,11 +95,15 @@ class PeerLink:
             self.open()
             if self.on_reopen is not None:
                 await self.on_reopen(reason)
-        assert self.sock is not None
-        if not await self.sock.poll(timeout_ms):
+        assert self.ready is not None
+        if not await self.ready.wait(zmq.POLLIN, timeout_ms / 1000):
             return []
         self.last_heard = time.monotonic()
-        return drain(self.raw)
+        return self.ready.drain()
+
+    def try_send(self, frames: list[bytes]) -> bool:
+        """Send now if the socket is open and has room; False otherwise (nothing sent)."""
+        return self.ready is not None and self.ready.try_send(frames)
 
     async def send(self, frames: list[bytes]) -> None:
         """Send now if the queue has room, else wait for it.
@@ -108,10 +111,10 @@ class PeerLink:
         A send that fails because a reconnect closed its socket meanwhile is dropped: the new
         broker does not know what it was about.
         """
-        sock = self.sock
-        assert sock is not None, "link not open"
+        ready = self.ready
+        assert ready is not None, "link not open"
         try:
-            await send_fast(sock, self.raw, frames)
+            await ready.send(frames)
         except zmq.ZMQError:
-            if sock is self.sock:
+            if ready is self.ready:
                 raise

@@ -69,27 +69,3 @@ def apply_server_curve(sock: zmq.Socket[Any], opts: SocketOptions) -> None:
     sock.curve_secretkey = opts.server_secret_key.encode()  # type: ignore[union-attr]
     sock.curve_publickey = opts.server_public_key.encode()  # type: ignore[union-attr]
     sock.curve_server = True
-
-
-def shadow(sock: zmq.Socket[Any]) -> zmq.Socket[bytes]:
-    """A plain (blocking-API) view of an asyncio socket for cheap non-blocking calls."""
-    return zmq.Socket.shadow(sock.underlying)
-
-
-def drain(raw: zmq.Socket[bytes], limit: int = 1000) -> list[list[bytes]]:
-    """Every message already queued (up to `limit`), without one await per message."""
-    batch: list[list[bytes]] = []
-    for _ in range(limit):
-        try:
-            batch.append(raw.recv_multipart(zmq.NOBLOCK))
-        except zmq.Again:
-            break
-    return batch
-
-
-async def send_fast(sock: Any, raw: zmq.Socket[bytes], frames: list[bytes]) -> None:
-    """Send without an event-loop round trip when the queue has room (the usual case)."""
-    try:
-        raw.send_multipart(frames, zmq.NOBLOCK, copy=False)
-    except zmq.Again:
-        await sock.send_multipart(frames, copy=False)

@@ -494,6 +494,25 @@ def test_a_fake_down_serves_cached_data_marked_stale_and_refresh_refetches(
     assert not fresh.stale and list(fresh.models) == ["vendor/brand-new"]
 
 
+def test_tiktoken_without_its_files_never_downloads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache miss used to fetch the encoding inside the broker's loop, on every job."""
+    tiktoken_load = pytest.importorskip("tiktoken.load")
+    from catalog import tokens
+
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))  # empty: every file is a miss
+    tokens._encoding.cache_clear()
+    messages = [{"role": "user", "content": "hello there"}]
+    try:
+        assert tokens.tiktoken_count("gpt-4o", messages) is None
+        assert tokens.local_count("openai", "gpt-4o", messages).method == "estimate"
+        with pytest.raises(OSError, match="not downloading"):
+            tiktoken_load.read_file("https://example.invalid/o200k_base.tiktoken")
+    finally:
+        tokens._encoding.cache_clear()
+
+
 def test_the_broker_catalog_refetches_after_its_ttl(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, openrouter_fake: FakeServer
 ) -> None:

@@ -1,9 +1,11 @@
 """The worker process every backend shares: registration, heartbeats, concurrency, streaming.
 
 One asyncio loop, one DEALER socket to the broker, one task per job (never more than the
-broker's credit allows). All outgoing traffic goes through one sender task so a job's token
-frames always precede its done/failed message; text that arrives while a send is pending is
-merged into the next frame, so a fast backend produces fewer, larger frames.
+broker's credit allows). Outgoing traffic leaves in the order it is produced: a message is sent
+at once when nothing is queued before it; only while a send waits for room (the broker is slow)
+do messages queue for the sender task, and text of one job that queues then is merged into one
+frame. So streaming stays token by token, and a job's token frames always precede its
+done/failed message.
 """
 
 from __future__ import annotations
@@ -125,33 +127,57 @@ class WorkerRuntime:
         )
         self.log.info("worker_registering", endpoint=self.endpoint, identity=identity)
 
+    @property
+    def stalls(self) -> int:
+        """Receive waits that timed out with a message waiting (lost wake-ups; should be 0)."""
+        return self.link.missed
+
+    def _send_now(self, frames: list[bytes]) -> bool:
+        """Send at once if nothing is queued before it and the socket has room."""
+        return not self.outbox and self.link.try_send(frames)
+
     def _post(self, msg: m.Message) -> None:
-        self.outbox.append(("msg", [msg.encode()]))
-        self.outbox_ready.set()
+        frames = [msg.encode()]
+        if not self._send_now(frames):
+            self.outbox.append(("msg", frames))
+            self.outbox_ready.set()
 
     def _push_text(self, run: _Running, text: str) -> None:
-        if not run.buffer:
-            self.outbox.append(("tokens", run))
-            self.outbox_ready.set()
+        if run.buffer:  # a frame of this job is queued behind a blocked send: merge into it
+            run.buffer.append(text)
+            return
+        if self._send_now(self._token_frames(run, text)):
+            run.seq += 1
+            return
+        self.outbox.append(("tokens", run))
+        self.outbox_ready.set()
         run.buffer.append(text)
 
+    @staticmethod
+    def _token_frames(run: _Running, text: str) -> list[bytes]:
+        """The next token frame of `run` (the caller counts it in `run.seq` once it is sent)."""
+        header = m.Tokens(job_id=run.job.id, attempt=run.attempt, seq=run.seq)
+        return [header.encode(), text.encode("utf-8", "surrogatepass")]
+
     async def _sender(self) -> None:
+        """Sends what queued while the socket had no room, in order, merging text per job."""
         while True:
             if not self.outbox:
                 self.outbox_ready.clear()
                 await self.outbox_ready.wait()
                 continue
-            kind, item = self.outbox.popleft()
+            kind, item = self.outbox[0]
             if kind == "tokens":
                 run: _Running = item
-                text = "".join(run.buffer)
+                frames = self._token_frames(run, "".join(run.buffer))
+                run.seq += 1  # counted now: text arriving during the send goes in the next frame
                 run.buffer.clear()
-                header = m.Tokens(job_id=run.job.id, attempt=run.attempt, seq=run.seq)
-                run.seq += 1
-                frames = [header.encode(), text.encode("utf-8", "surrogatepass")]
             else:
                 frames = item
             await self.link.send(frames)
+            # Popped only now so nothing is sent directly past a message still waiting here.
+            if self.outbox and self.outbox[0][1] is item:
+                self.outbox.popleft()
 
     # --- jobs -----------------------------------------------------------------------------
 

@@ -1,0 +1,203 @@
+"""The worker's hot path: no lost ZeroMQ wake-ups, and token frames as they are produced.
+
+A real WorkerRuntime (mock or scripted backend) talks to a real ROUTER socket that plays the
+broker, so these tests see exactly the frames a broker would. No wall-clock assertions: a lost
+wake-up shows up as a wait that timed out with a message waiting (`Readiness.missed`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import select
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from typing import Any
+
+import zmq
+
+from protocol import messages as m
+from protocol.client import build_job
+from protocol.job import Job
+from protocol.readiness import Readiness
+from protocol.transport import SocketOptions
+from workers.backend import Backend, Finish, StreamEvent, TextDelta
+from workers.providers.mock import MockBackend
+from workers.runtime import WorkerRuntime
+from workers.spec import ProviderSpec
+
+CTX: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+
+
+def run_async(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Each test body runs in a fresh event loop (the project uses no asyncio test plugin)."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(test(*args, **kwargs))
+
+    wrapper.__name__ = test.__name__
+    return wrapper
+
+
+@contextlib.contextmanager
+def router(endpoint: str = "tcp://127.0.0.1", rcvhwm: int = 1000) -> Iterator[tuple[Any, str]]:
+    sock: zmq.Socket[bytes] = CTX.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, rcvhwm)
+    if endpoint.startswith("tcp"):
+        endpoint = f"{endpoint}:{sock.bind_to_random_port(endpoint)}"
+    else:
+        sock.bind(endpoint)
+    try:
+        yield sock, endpoint
+    finally:
+        sock.close(linger=0)
+
+
+async def recv(sock: zmq.Socket[bytes], timeout: float = 10.0) -> list[bytes]:
+    """The next message on the fake broker's socket (polled without blocking the loop)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            return sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            await asyncio.sleep(0.001)
+    raise AssertionError("the worker sent nothing")
+
+
+@run_async
+async def test_message_arriving_during_a_send_wakes_the_receiver() -> None:
+    """The send that consumes the FD's edge must not leave the receiver asleep."""
+    with router() as (broker, endpoint):
+        dealer: zmq.Socket[bytes] = CTX.socket(zmq.DEALER)
+        dealer.connect(endpoint)
+        link = Readiness(dealer)
+        try:
+            await link.send([b"hello"])
+            identity = (await recv(broker))[0]
+            for _ in range(20):
+                waiting = asyncio.ensure_future(link.wait(zmq.POLLIN, 0.5))
+                await asyncio.sleep(0)  # the receiver is now parked on the FD
+                broker.send_multipart([identity, b"dispatch"])
+                select.select([link.fd], [], [], 5)  # the message's signal reached the FD...
+                time.sleep(0.002)  # ...and libzmq's command throttle lets a send read it
+                assert link.try_send([b"token"])  # this send consumes the FD's edge
+                assert await waiting
+                assert link.drain() == [[b"dispatch"]]
+                await recv(broker)
+            assert link.missed == 0
+        finally:
+            link.close()
+
+
+class Burst(Backend):
+    """Yields its tokens without awaiting between them: all in one loop turn."""
+
+    kind = "mock"
+
+    async def generate(self, job: Job, model: str, attempt: int) -> AsyncIterator[StreamEvent]:
+        for token in ("a", "b", "c", "d"):
+            yield TextDelta(token)
+        yield Finish(reason="stop")
+
+
+def spec(**options: Any) -> ProviderSpec:
+    return ProviderSpec(name="mock", kind="mock", models=["echo"], options=options, capacity=64)
+
+
+async def started(rt: WorkerRuntime, broker: zmq.Socket[bytes]) -> tuple[asyncio.Task[None], bytes]:
+    task = asyncio.create_task(rt.run())
+    frames = await recv(broker)
+    assert isinstance(m.decode(frames[1]), m.Ready)
+    return task, frames[0]
+
+
+def mock_job() -> Job:
+    return build_job(model="mock:echo", prompt="x")
+
+
+def dispatch(job: Job) -> bytes:
+    return m.Dispatch(job=job, attempt=1, model="echo").encode()
+
+
+async def stop(rt: WorkerRuntime, task: asyncio.Task[None]) -> None:
+    rt.shutdown_grace = 0.1
+    rt.stopping.set()
+    await asyncio.wait_for(task, 10)
+
+
+@run_async
+async def test_tokens_produced_in_one_loop_turn_stay_separate_frames() -> None:
+    """Nothing was in flight, so nothing is merged: the caller streams token by token."""
+    with router() as (broker, endpoint):
+        rt = WorkerRuntime(spec(), endpoint, backend=Burst(spec()))
+        task, identity = await started(rt, broker)
+        try:
+            job = mock_job()
+            broker.send_multipart([identity, dispatch(job)])
+            texts: list[tuple[int, str]] = []
+            while True:
+                frames = await recv(broker)
+                msg = m.decode(frames[1])
+                if isinstance(msg, m.Tokens):
+                    texts.append((msg.seq, frames[2].decode()))
+                elif isinstance(msg, m.Done):
+                    break
+            assert texts == [(0, "a"), (1, "b"), (2, "c"), (3, "d")]
+            assert msg.frames == 4
+        finally:
+            await stop(rt, task)
+
+
+@run_async
+async def test_text_queued_behind_a_blocked_send_is_merged_in_order() -> None:
+    """A broker that does not read: text waits in one frame per job, none lost or reordered."""
+    endpoint = f"inproc://hot-path-{time.monotonic_ns()}"
+    with router(endpoint, rcvhwm=1) as (broker, endpoint):
+        opts = SocketOptions(sndhwm=1, rcvhwm=1)
+        count = 2000
+        backend = MockBackend(spec(token_count=count))
+        rt = WorkerRuntime(spec(), endpoint, backend=backend, socket_options=opts)
+        task, identity = await started(rt, broker)
+        try:
+            job = mock_job()
+            broker.send_multipart([identity, dispatch(job)])
+            while backend.tokens_produced < count or rt.running:
+                await asyncio.sleep(0.01)  # the worker produces everything; we read nothing
+            seqs, text = [], []
+            while True:
+                frames = await recv(broker)
+                msg = m.decode(frames[1])
+                if isinstance(msg, m.Tokens):
+                    seqs.append(msg.seq)
+                    text.append(frames[2].decode())
+                elif isinstance(msg, m.Done):
+                    break
+            assert "".join(text) == "".join(f"t{i} " for i in range(count))
+            assert seqs == list(range(len(seqs)))
+            assert msg.frames == len(seqs)
+            assert len(seqs) < count  # merged while the send waited for room
+        finally:
+            await stop(rt, task)
+
+
+@run_async
+async def test_worker_never_sleeps_with_a_dispatch_waiting() -> None:
+    """Dispatches arrive while the worker streams other jobs' tokens: no wait times out."""
+    jobs = 300
+    with router() as (broker, endpoint):
+        options = {"token_count": 20}
+        rt = WorkerRuntime(spec(**options), endpoint, backend=MockBackend(spec(**options)))
+        task, identity = await started(rt, broker)
+        try:
+            sent = done = 0
+            while done < jobs:
+                if sent < jobs and sent - done < 8:
+                    broker.send_multipart([identity, dispatch(mock_job())])
+                    sent += 1
+                frames = await recv(broker)
+                if isinstance(m.decode(frames[1]), m.Done):
+                    done += 1
+            assert rt.stalls == 0
+        finally:
+            await stop(rt, task)
