@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: install
-	$(BIN)/ruff check protocol dispatcher workers catalog gateway tests benchmarks examples
+	$(BIN)/ruff check protocol dispatcher workers catalog batch gateway tests benchmarks examples
 	$(BIN)/mypy
 
 test: install lint

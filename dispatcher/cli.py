@@ -1,4 +1,5 @@
-"""The `llmrelay` command: broker, worker, submit, status, models, keys, config, tiny-model.
+"""The `llmrelay` command: broker, worker, submit, status, models, batch, keys, config,
+tiny-model.
 
 Exit codes: 0 success; 1 the job failed or the broker could not be reached (one line
 `error: <category>...`); 2 bad input or configuration (one line naming the field; argparse's
@@ -311,6 +312,25 @@ def _add_keys_parser(sub: Any) -> None:
     generate.set_defaults(func=_cmd_keys_generate)
 
 
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from batch.cli import main as batch_main
+
+    return batch_main(args)
+
+
+def _add_batch_parser(sub: Any) -> None:
+    from batch.cli import HELP, add_arguments
+
+    batch = sub.add_parser(
+        "batch",
+        help="run an OpenAI / Anthropic / llmrelay batch file through the broker",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(batch, DEFAULT_ENDPOINT)
+    batch.set_defaults(func=_cmd_batch)
+
+
 def _add_models_parser(sub: Any) -> None:
     models = sub.add_parser("models", help="the catalog: models, capabilities, prices")
     models.add_argument("--provider", help="only this configured provider")
@@ -392,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_keys_parser(sub)
     _add_config_parser(sub)
     _add_models_parser(sub)
+    _add_batch_parser(sub)
     return parser
 
 

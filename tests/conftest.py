@@ -35,3 +35,12 @@ def broker_factory(tmp_path: Path) -> Iterator[Callable[..., BrokerProcess]]:
     yield make
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def batch_broker(broker_factory: Callable[..., BrokerProcess], tmp_path: Path) -> BrokerProcess:
+    """Mock workers that log each call (tmp_path/calls.log), a failing provider, a default
+    route: what the batch tests run against (tests/batch_support.py)."""
+    from tests.batch_support import mock_broker
+
+    return mock_broker(broker_factory, tmp_path)

@@ -18,7 +18,9 @@ from tests.harness import ROOT, BrokerProcess, free_port
 pytestmark = pytest.mark.timeout(120)
 
 
-def llmrelay(*argv: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def llmrelay(
+    *argv: str, stdin: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "dispatcher.cli", *argv],
         input=stdin, capture_output=True, text=True, encoding="utf-8", timeout=timeout, cwd=ROOT,
@@ -57,7 +59,9 @@ BAD_INPUT: list[tuple[str, list[str], int, str]] = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("argv", "code", "words"), [pytest.param(*r[1:], id=r[0]) for r in BAD_INPUT])
+@pytest.mark.parametrize(
+    ("argv", "code", "words"), [pytest.param(*r[1:], id=r[0]) for r in BAD_INPUT]
+)
 def test_bad_input_gives_one_line_naming_the_field(argv: list[str], code: int, words: str) -> None:
     if argv[0] in ("submit", "status"):
         argv = [*argv[:1], "--endpoint", NOWHERE, *argv[1:]]
@@ -123,7 +127,9 @@ def test_keys_generate_writes_private_pairs_and_prints_no_key(tmp_path: Path) ->
     done = llmrelay("keys", "generate", str(target))
     assert done.returncode == 0, done.stderr
     files = sorted(p.name for p in target.iterdir())
-    assert files == sorted(f"{r}.{k}" for r in ("broker", "client", "worker") for k in ("public", "secret"))
+    assert files == sorted(
+        f"{r}.{k}" for r in ("broker", "client", "worker") for k in ("public", "secret")
+    )
     for path in target.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         key = path.read_text().strip()

@@ -11,11 +11,14 @@ Script keys (in the provider's `options`, overridden per job by `job.metadata["m
       mode "hang": freeze the whole process (no heartbeats) after k tokens
       mode "stall": this job stops producing but the process stays alive
   "attempt" may be omitted to fail every attempt; "worker_pid" limits a rule to one process.
+  call_log: str               append one JSON line per call ({job, attempt, custom_id}) to this
+                              file, so tests can count how often each job really ran
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -24,7 +27,7 @@ from typing import Any, ClassVar
 
 from protocol.errors import ProviderError
 from protocol.job import Job
-from protocol.schema import Float, Int, Key, List, StrList
+from protocol.schema import Float, Int, Key, List, Str, StrList
 from workers.backend import Backend, Finish, StreamEvent, TextDelta
 
 
@@ -49,6 +52,15 @@ def script_tokens(script: dict[str, Any], job: Job) -> list[str]:
     return [w + " " for w in words] or ["(empty) "]
 
 
+def _log_call(path: str, job: Job, attempt: int) -> None:
+    entry = {"job": job.id, "attempt": attempt, "custom_id": job.metadata.get("custom_id")}
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:  # one write per line: several worker processes share the file
+        os.write(fd, (json.dumps(entry) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
 class MockBackend(Backend):
     kind = "mock"
     option_keys: ClassVar[Mapping[str, Key]] = {
@@ -57,6 +69,7 @@ class MockBackend(Backend):
         "first_token_delay": Float(min=0),
         "token_delay": Float(min=0),
         "fail": List(),
+        "call_log": Str(),
     }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -94,6 +107,8 @@ class MockBackend(Backend):
         rule = self._rule(script, attempt)
         token_delay = float(script.get("token_delay", 0.0))
         self.jobs_started += 1
+        if script.get("call_log"):
+            _log_call(str(script["call_log"]), job, attempt)
         produced = 0
         try:
             await asyncio.sleep(float(script.get("first_token_delay", 0.0)))
