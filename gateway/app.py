@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway import anthropic_messages, openai_chat
+from gateway.batches_api import BatchesApi
 from gateway.errors import TOO_LARGE, UNAUTHORIZED, ApiError
 from gateway.files_api import FilesApi
 from gateway.link import ANONYMOUS, BrokerLink
@@ -80,6 +81,7 @@ class Gateway:
         self._models: list[ModelInfo] | None = None
         self._models_at = 0.0
         self.files = FilesApi(self, self.store)
+        self.batches = BatchesApi(self, self.store)
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self.chat, methods=["POST"]),
@@ -93,6 +95,14 @@ class Gateway:
                 Route(
                     "/v1/files/{file_id}/content", self._api(self._files_content), methods=["GET"]
                 ),
+                Route("/v1/batches", self._api(self.batches.create), methods=["POST"]),
+                Route("/v1/batches", self._api(self.batches.list), methods=["GET"]),
+                Route("/v1/batches/{batch_id}", self._api(self.batches.retrieve), methods=["GET"]),
+                Route(
+                    "/v1/batches/{batch_id}/cancel",
+                    self._api(self.batches.cancel),
+                    methods=["POST"],
+                ),
                 Route("/metrics", self.metrics_page, methods=["GET"]),
                 Route("/healthz", self.healthz, methods=["GET"]),
                 Route("/readyz", self.readyz, methods=["GET"]),
@@ -103,9 +113,11 @@ class Gateway:
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         log.info("gateway_started", broker=self.link.endpoint, auth=bool(self.keys))
+        self.batches.resume_all()
         try:
             yield
         finally:
+            await self.batches.stop_all()
             await self.link.close()
             self.store.close()
             log.info("gateway_stopped")
