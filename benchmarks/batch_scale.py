@@ -37,17 +37,24 @@ class PeakRss:
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
+    def _sample(self) -> None:
+        for name, proc in self.procs.items():
+            try:
+                self.peak[name] = max(self.peak[name], proc.memory_info().rss)
+            except psutil.NoSuchProcess:
+                pass
+
     def _run(self) -> None:
+        # Sample before the first wait and again at done(): a smoke-sized batch can end inside
+        # one 0.1 s period, and a peak of 0 MB would be a lie.
+        self._sample()
         while not self.stop.wait(0.1):
-            for name, proc in self.procs.items():
-                try:
-                    self.peak[name] = max(self.peak[name], proc.memory_info().rss)
-                except psutil.NoSuchProcess:
-                    pass
+            self._sample()
 
     def done(self) -> dict[str, float]:
         self.stop.set()
         self.thread.join()
+        self._sample()
         return {k: round(v / 2**20, 1) for k, v in self.peak.items()}
 
 
