@@ -26,7 +26,7 @@ import structlog
 from benchmarks.common import ROOT, Row
 
 # latency last: it imports LiteLLM into this process, which would skew the client rows after it
-BENCHES = ("ceiling", "batch", "llama", "latency")
+BENCHES = ("ceiling", "batch", "llama", "gateway", "latency")
 
 
 def machine() -> dict[str, Any]:
@@ -52,19 +52,21 @@ def machine() -> dict[str, Any]:
 
 
 def benches(smoke: bool, peers: bool) -> dict[str, Callable[[], list[Row]]]:
-    from benchmarks import batch_scale, ceiling, latency, llama
+    from benchmarks import batch_scale, ceiling, gateway, latency, llama
 
     if smoke:
         sizes = latency.Sizes(rounds=1, serial=10, parallel=64, failover=10)
         return {
             "ceiling": lambda: ceiling.run(jobs=300, window=64, frames_per_job=(10,)),
             "latency": lambda: latency.run(sizes, peers=peers),
+            "gateway": lambda: gateway.run(sizes, peers=peers),
             "batch": lambda: batch_scale.run((200, 400)),
             "llama": lambda: llama.run(llama.default_models(smoke=True), rounds=1),
         }
     return {
         "ceiling": lambda: ceiling.run(),
         "latency": lambda: latency.run(latency.Sizes(serial=200, parallel=1000), peers=peers),
+        "gateway": lambda: gateway.run(latency.Sizes(serial=200, parallel=1000), peers=peers),
         "batch": lambda: batch_scale.run(),
         "llama": lambda: llama.run(llama.default_models(smoke=False)),
     }
