@@ -158,23 +158,15 @@ class AsyncClient(CatalogCalls):
     def _handle(self, frames: list[bytes]) -> None:
         msg = m.decode(frames[0])
         if isinstance(msg, m.Tokens):
-            pending = self.pending.get(msg.job_id)
-            if pending is None or pending.finished or msg.attempt < pending.attempt:
-                return
-            if msg.attempt > pending.attempt:
-                pending.start_attempt(msg.attempt, "retried")
-            text = frames[1].decode("utf-8", "replace") if len(frames) > 1 else ""
-            pending.deliver(msg.seq, text)
+            pending = self._current(msg.job_id, msg.attempt)
+            if pending is not None:
+                text = frames[1].decode("utf-8", "replace") if len(frames) > 1 else ""
+                pending.deliver(msg.seq, text)
         elif isinstance(msg, m.Answering):
-            pending = self.pending.get(msg.job_id)
-            if pending is None or pending.finished or msg.attempt < pending.attempt:
-                return
-            if msg.attempt > pending.attempt:
-                pending.start_attempt(msg.attempt, "retried")
-            if pending.answering:  # never an event the caller did not ask for
-                pending.events.put_nowait(
-                    Origin(msg.provider, msg.model, msg.attempt, msg.attempts)
-                )
+            pending = self._current(msg.job_id, msg.attempt)
+            if pending is not None and pending.answering:  # never an event not asked for
+                origin = Origin(msg.provider, msg.model, msg.attempt, msg.attempts)
+                pending.events.put_nowait(origin)
         elif isinstance(msg, m.Restarted):
             pending = self.pending.get(msg.job_id)
             if pending is not None and msg.attempt > pending.attempt and not pending.finished:
@@ -205,6 +197,15 @@ class AsyncClient(CatalogCalls):
             pending = self.pending.get(msg.job_id)
             if pending is not None and not pending.finished:
                 pending.end(ProviderError(ErrorCategory.PROTOCOL, msg.message, job_id=msg.job_id))
+
+    def _current(self, job_id: str, attempt: int) -> JobStream | None:
+        """The job a message of `attempt` is news for (a newer attempt starts here)."""
+        pending = self.pending.get(job_id)
+        if pending is None or pending.finished or attempt < pending.attempt:
+            return None
+        if attempt > pending.attempt:
+            pending.start_attempt(attempt, "retried")
+        return pending
 
     def _broker_is(self, instance: str | None) -> None:
         """A broker run's id: a new one lost every job the old run had (a quick restart
