@@ -418,24 +418,21 @@ class Gateway:
     def _stream_error(self, api: str, error: ProviderError) -> bytes:
         failure = ApiError.from_provider(error)
         if api == OPENAI:
-            return b"data: " + json.dumps(failure.openai_body()).encode() + b"\n\n"
+            return openai_chat.sse(failure.openai_body())
         return anthropic_messages.event("error", failure.anthropic_body())
 
     async def _openai_events(
         self, pump: Pump, job: Job, model: str, include_usage: bool
     ) -> AsyncIterator[bytes]:
         writer = openai_chat.ChunkWriter(job.id, model)
-
-        def sse(obj: Any) -> bytes:
-            return b"data: " + json.dumps(obj).encode() + b"\n\n"
-
-        yield sse(writer.first())
-        while True:
+        sse = openai_chat.sse
+        # The role chunk goes out in one write with the first text (fewer, fuller writes).
+        text = await pump.take()
+        yield sse(writer.first()) + (writer.text_event(text) if text else b"")
+        while not pump.finished or pump.parts:
             text = await pump.take()
             if text:
-                yield sse(writer.text(text))
-            elif pump.finished:
-                break
+                yield writer.text_event(text)
         if pump.error is not None:
             yield self._stream_error(OPENAI, pump.error)  # no [DONE]: the SDK raises APIError
             return
@@ -445,19 +442,17 @@ class Gateway:
             "attempts": pump.result.attempts,
             "cost": pump.result.usage.get("cost"),
         }
-        for chunk in writer.ending(pump.result, include_usage, trail):
-            yield sse(chunk)
-        yield b"data: [DONE]\n\n"
+        closing = [sse(chunk) for chunk in writer.ending(pump.result, include_usage, trail)]
+        yield b"".join(closing) + b"data: [DONE]\n\n"
 
     async def _anthropic_events(self, pump: Pump, job: Job, model: str) -> AsyncIterator[bytes]:
         writer = anthropic_messages.EventWriter(job.id, model)
-        yield writer.start()
-        while True:
+        text = await pump.take()
+        yield writer.start() + (writer.text(text) if text else b"")
+        while not pump.finished or pump.parts:
             text = await pump.take()
             if text:
                 yield writer.text(text)
-            elif pump.finished:
-                break
         if pump.error is not None:
             yield self._stream_error(ANTHROPIC, pump.error)
             return
