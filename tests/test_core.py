@@ -244,7 +244,7 @@ def test_resubmit_on_the_same_connection_does_not_restart_frames_in_flight() -> 
     h.tokens(w, job, "a", "b")
     h.submit(model="p:m", client=b"c", job_id=job, delivered=0)
     assert w.cancels() == [] and len(w.dispatches()) == 1
-    assert not any(isinstance(x, m.Reset) for x in h.received(b"c"))
+    assert not any(isinstance(x, m.Restarted) for x in h.received(b"c"))
     h.submit(model="p:m", client=b"c", job_id=job, delivered=3)  # more than was relayed
     assert [(c.job_id, c.attempt) for c in w.cancels()] == [(job, 1)]
 
