@@ -243,7 +243,9 @@ def test_stream_headers_name_the_attempt_that_got_through(stack: Stack) -> None:
         model="pair",
         messages=MESSAGES,  # type: ignore[arg-type]
         stream=True,
-        extra_body=fail("not_found", attempt=1, after=0),  # mock fails over to spare
+        # mock fails over to spare, whose tokens are slow enough that the job is still
+        # running when the response starts (had it ended, the trail would end "=ok")
+        extra_body=fail("not_found", delay=0.2, attempt=1, after=0),
     ) as response:
         headers = response.headers
         chunks = list(response.parse())
