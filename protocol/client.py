@@ -22,6 +22,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from protocol import eventloop
 from protocol import messages as m
 from protocol.constants import DEFAULT_CLIENT_ENDPOINT, ENDPOINT_ENV
 from protocol.errors import ErrorCategory, ProtocolViolation, ProviderError
@@ -548,7 +549,7 @@ class Client:
     """Blocking client: an AsyncClient driven by a private event loop thread."""
 
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, **kwargs: Any) -> None:
-        self._loop = asyncio.new_event_loop()
+        self._loop = eventloop.new_event_loop()  # uvloop when installed
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         self._async = self._call(self._make(endpoint, kwargs))
