@@ -133,7 +133,7 @@ def relay_kind(reply: list[bytes]) -> str:
 def broker_kind(reply: list[bytes]) -> str:
     if len(reply) == 2:
         return "frame"  # header + text
-    return "done" if isinstance(m.decode(reply[0]), m.Done) else "other"
+    return "done" if isinstance(m.decode(reply[0]), m.Completed) else "other"
 
 
 def run(

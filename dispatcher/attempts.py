@@ -52,7 +52,7 @@ class AttemptOutcomes:
 
     # --- success --------------------------------------------------------------------------
 
-    def done(self, worker: WorkerState, msg: m.Done, now: float) -> None:
+    def done(self, worker: WorkerState, msg: m.Completed, now: float) -> None:
         js = self._current(worker, msg.job_id, msg.attempt)
         if js is None:
             return
@@ -81,7 +81,7 @@ class AttemptOutcomes:
         if "detected" in js.notes:
             added["detected"] = js.notes["detected"]
         result: dict[str, Any] = {**msg.result, **added}  # worker keys pass through
-        done = m.Done(job_id=js.id, attempt=js.attempt, frames=msg.frames, result=result)
+        done = m.Completed(job_id=js.id, attempt=js.attempt, frames=msg.frames, result=result)
         self.scheduler.finish(js, done, msg.frames)
         self.scheduler.totals["done"] += 1
         self.log.info(

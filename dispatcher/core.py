@@ -212,7 +212,7 @@ class BrokerCore:
             return
         if isinstance(msg, m.Heartbeat):
             worker.stats = msg.stats
-        elif isinstance(msg, m.Done):
+        elif isinstance(msg, m.Completed):
             self.outcomes.done(worker, msg, now)
         elif isinstance(msg, m.Failed):
             self.outcomes.failed(worker, msg, worker_error(msg.error), now)

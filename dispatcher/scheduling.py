@@ -191,7 +191,7 @@ class Scheduler:
         js.attempt += 1
         if js.client_has_tokens:
             reason = js.last_message or "attempt restarted"
-            reset = m.Reset(job_id=js.id, attempt=js.attempt, reason=str(reason)[:500])
+            reset = m.Restarted(job_id=js.id, attempt=js.attempt, reason=str(reason)[:500])
             self.outbox.to_client(js.client, reset)
             js.client_has_tokens = False
         js.candidate = cand

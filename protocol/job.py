@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol import validate as v
+from protocol.errors import ProtocolViolation
 
 ROLES = ("system", "user", "assistant", "tool")
 ON_PARTIAL = ("restart", "fail")
@@ -222,3 +223,43 @@ class Job:
             if isinstance(content, list) and any(p.get("type") == "image_url" for p in content):
                 features.add(FEATURE_VISION)
         return features
+
+
+# Job fields a caller passes as keywords next to the canonical parameters.
+JOB_OPTIONS = tuple(
+    f for f in Job.FIELDS if f not in ("id", "messages", "model", "route", "params")
+)
+
+
+def build_job(
+    *,
+    model: str | None = None,
+    route: str | None = None,
+    messages: list[dict[str, Any]] | None = None,
+    prompt: str | None = None,
+    system: str | None = None,
+    job_id: str | None = None,
+    **kwargs: Any,
+) -> Job:
+    """Build and validate a job from a caller's keywords (the clients' `complete`/`stream`):
+    job options and canonical parameters share the kwargs."""
+    if messages is None:
+        if prompt is None:
+            raise ProtocolViolation("give messages=[...] or prompt='...'")
+        messages = [{"role": "user", "content": prompt}]
+        if system is not None:
+            messages.insert(0, {"role": "system", "content": system})
+    options = {k: kwargs.pop(k) for k in JOB_OPTIONS if k in kwargs}
+    params = kwargs.pop("params", None) or {}
+    params.update(kwargs)  # the rest are canonical parameters; unknown ones are rejected
+    wire = {
+        "id": job_id or new_job_id(),
+        "messages": messages,
+        "model": model,
+        "route": route,
+        "params": params,
+        **options,
+    }
+    if model is None and route is None:
+        wire["route"] = "default"
+    return Job.from_wire(wire)

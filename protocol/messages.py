@@ -190,8 +190,11 @@ class Tokens(Message):
 
 
 @dataclass(slots=True)
-class Reset(Message):
-    """Output already delivered is void: a new attempt starts over."""
+class Restarted(Message):
+    """Broker -> client: output already delivered is void, a new attempt starts over.
+
+    The caller's side of it is the `protocol.results.Reset` event.
+    """
 
     TYPE = "reset"
     CHECKS = {"job_id": _id, "attempt": _attempt, "reason": _text}
@@ -201,8 +204,12 @@ class Reset(Message):
 
 
 @dataclass(slots=True)
-class Done(Message):
-    """Worker -> broker and broker -> client. `frames` is the count of token frames sent."""
+class Completed(Message):
+    """Worker -> broker and broker -> client: the attempt (or the job) succeeded.
+
+    `frames` is the count of token frames sent; the caller's side of it is the
+    `protocol.results.Done` event.
+    """
 
     TYPE = "done"
     CHECKS = {"job_id": _id, "attempt": _attempt, "frames": _seq, "result": _any_map}
@@ -399,9 +406,9 @@ __all__ = [
     "VERSION",
     "Accepted",
     "Cancel",
+    "Completed",
     "Disconnect",
     "Dispatch",
-    "Done",
     "Error",
     "Failed",
     "Heartbeat",
@@ -410,7 +417,7 @@ __all__ = [
     "Pong",
     "Ready",
     "Rejected",
-    "Reset",
+    "Restarted",
     "StatusQuery",
     "StatusReply",
     "Submit",

@@ -8,7 +8,7 @@ and decodes what the core put in its outbox. Each test runs in milliseconds.
     w = h.worker("p")
     job = h.submit(model="p:m")
     h.done(w, job)
-    assert isinstance(h.outcome(job), m.Done)
+    assert isinstance(h.outcome(job), m.Completed)
 """
 
 from __future__ import annotations
@@ -182,17 +182,17 @@ class CoreHarness:
         """Text relayed to `client` for `job_id` since its last Reset."""
         out = ""
         for item in self.clients[client]:
-            if isinstance(item, m.Reset) and item.job_id == job_id:
+            if isinstance(item, m.Restarted) and item.job_id == job_id:
                 out = ""
             elif isinstance(item, Relayed) and item.header.job_id == job_id:
                 out += item.text
         return out
 
-    def outcome(self, job_id: str) -> m.Done | m.Failed | None:
+    def outcome(self, job_id: str) -> m.Completed | m.Failed | None:
         """The job's final message to any client (None while it runs)."""
         for inbox in self.clients.values():
             for item in reversed(inbox):
-                if isinstance(item, m.Done | m.Failed) and item.job_id == job_id:
+                if isinstance(item, m.Completed | m.Failed) and item.job_id == job_id:
                     return item
         return None
 
@@ -243,7 +243,7 @@ class CoreHarness:
     def done(self, worker: FakeWorker, job_id: str, **result: Any) -> None:
         attempt = worker.attempt_of(job_id)
         frames = self._seq[(job_id, attempt)]
-        msg = m.Done(job_id=job_id, attempt=attempt, frames=frames, result=result)
+        msg = m.Completed(job_id=job_id, attempt=attempt, frames=frames, result=result)
         self.core.worker_message(worker.identity, msg, (), self.now)
         self.pump()
 

@@ -20,7 +20,7 @@ from protocol.errors import DISPOSITION, Disposition, ProviderError
 from protocol.errors import ErrorCategory as C
 from protocol.job import Job
 from workers.classify import classify, parse_retry_after, scrub, scrubbed
-from workers.decode import Event
+from workers.decode import ServerEvent
 from workers.http import ErrorInfo, HttpBackend, StreamError
 from workers.http_pool import network_error
 from workers.registry import backend_class
@@ -46,7 +46,7 @@ def from_body(
     )
 
 
-def from_stream(kind: str, event: Event) -> ProviderError:
+def from_stream(kind: str, event: ServerEvent) -> ProviderError:
     """The path a mid-stream error takes: the provider's mapper raises, the classifier decides."""
     b = backend(kind)
     with pytest.raises(StreamError) as caught:
@@ -138,14 +138,14 @@ def test_http_error_table(
 
 
 # fmt: off
-STREAM_ROWS: list[tuple[str, str, Event, C, int | None]] = [
-    ("openai-data-error", "openai", Event('{"error":{"message":"The server had an error","type":"server_error","param":null,"code":null}}'), C.SERVER_ERROR, None),
-    ("anthropic-event-error", "anthropic", Event('{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}', event="error"), C.OVERLOADED, None),
-    ("openrouter-error-chunk-numeric", "openrouter", Event('{"id":"gen-abc123","object":"chat.completion.chunk","model":"openai/gpt-4o","provider":"OpenAI","error":{"code":429,"message":"Rate limit exceeded","metadata":{"error_type":"rate_limit_exceeded"}},"choices":[{"index":0,"delta":{"content":""},"finish_reason":"error"}]}'), C.RATE_LIMITED, 429),
-    ("openrouter-error-chunk-string", "openrouter", Event('{"id":"cmpl-abc123","provider":"openai","error":{"code":"server_error","message":"Provider disconnected unexpectedly"},"choices":[{"index":0,"delta":{"content":""},"finish_reason":"error"}]}'), C.SERVER_ERROR, None),
-    ("openrouter-error-chunk-credits", "openrouter", Event('{"id":"gen-1","object":"chat.completion.chunk","error":{"code":"payment","message":"This request requires more credits, or fewer max_tokens. You requested up to 4096 tokens, but can only afford 4000."},"choices":[{"index":0,"delta":{"content":""},"finish_reason":"error"}]}'), C.QUOTA_EXHAUSTED, None),
-    ("ollama-error-line", "ollama", Event('{"error":"an error was encountered while running the model"}'), C.SERVER_ERROR, None),
-    ("llama-data-error", "openai", Event('{"error":{"code":500,"message":"slot failed","type":"server_error"}}'), C.SERVER_ERROR, 500),
+STREAM_ROWS: list[tuple[str, str, ServerEvent, C, int | None]] = [
+    ("openai-data-error", "openai", ServerEvent('{"error":{"message":"The server had an error","type":"server_error","param":null,"code":null}}'), C.SERVER_ERROR, None),
+    ("anthropic-event-error", "anthropic", ServerEvent('{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}', event="error"), C.OVERLOADED, None),
+    ("openrouter-error-chunk-numeric", "openrouter", ServerEvent('{"id":"gen-abc123","object":"chat.completion.chunk","model":"openai/gpt-4o","provider":"OpenAI","error":{"code":429,"message":"Rate limit exceeded","metadata":{"error_type":"rate_limit_exceeded"}},"choices":[{"index":0,"delta":{"content":""},"finish_reason":"error"}]}'), C.RATE_LIMITED, 429),
+    ("openrouter-error-chunk-string", "openrouter", ServerEvent('{"id":"cmpl-abc123","provider":"openai","error":{"code":"server_error","message":"Provider disconnected unexpectedly"},"choices":[{"index":0,"delta":{"content":""},"finish_reason":"error"}]}'), C.SERVER_ERROR, None),
+    ("openrouter-error-chunk-credits", "openrouter", ServerEvent('{"id":"gen-1","object":"chat.completion.chunk","error":{"code":"payment","message":"This request requires more credits, or fewer max_tokens. You requested up to 4096 tokens, but can only afford 4000."},"choices":[{"index":0,"delta":{"content":""},"finish_reason":"error"}]}'), C.QUOTA_EXHAUSTED, None),
+    ("ollama-error-line", "ollama", ServerEvent('{"error":"an error was encountered while running the model"}'), C.SERVER_ERROR, None),
+    ("llama-data-error", "openai", ServerEvent('{"error":{"code":500,"message":"slot failed","type":"server_error"}}'), C.SERVER_ERROR, 500),
 ]
 # fmt: on
 
@@ -154,7 +154,9 @@ STREAM_ROWS: list[tuple[str, str, Event, C, int | None]] = [
     ("kind", "event", "category", "status"),
     [pytest.param(*row[1:], id=row[0]) for row in STREAM_ROWS],
 )
-def test_mid_stream_error_table(kind: str, event: Event, category: C, status: int | None) -> None:
+def test_mid_stream_error_table(
+    kind: str, event: ServerEvent, category: C, status: int | None
+) -> None:
     err = from_stream(kind, event)
     assert (err.category, err.retryable, err.status_code) == (category, True, status)
     assert err.message

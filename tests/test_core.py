@@ -26,7 +26,7 @@ def test_success_reports_trail_latency_and_ttft() -> None:
     h.advance(0.5)
     h.done(w, job, usage={"total_tokens": 7})
     done = h.outcome(job)
-    assert isinstance(done, m.Done) and done.frames == 2
+    assert isinstance(done, m.Completed) and done.frames == 2
     assert h.text(job) == "hello"
     assert done.result["attempts"] == [
         {"attempt": 1, "provider": "p", "model": "m", "outcome": "ok"}
@@ -75,7 +75,7 @@ def test_failover_to_the_next_candidate() -> None:
     assert len(wa.dispatches()) == 1 and wb.attempt_of(job) == 3
     h.done(wb, job)
     done = h.outcome(job)
-    assert isinstance(done, m.Done) and done.result["provider"] == "b"
+    assert isinstance(done, m.Completed) and done.result["provider"] == "b"
     assert [(t["provider"], t["outcome"]) for t in done.result["attempts"]] == [
         ("a", "auth"),
         ("b", "server_error"),
@@ -163,7 +163,7 @@ def test_a_job_waits_for_recovery_within_its_deadline() -> None:
     job = h.submit(model="p:m", timeout=30)
     h.advance(5)
     h.done(w, job)
-    assert isinstance(h.outcome(job), m.Done)
+    assert isinstance(h.outcome(job), m.Completed)
 
 
 def test_a_job_whose_candidates_cannot_recover_before_its_deadline_fails_at_once() -> None:
@@ -220,7 +220,7 @@ def test_resubmit_reattaches_a_running_job_to_the_new_connection() -> None:
     assert len(w.dispatches()) == 1 and w.cancels() == []  # nothing missed: no restart
     h.tokens(w, job, "c")
     h.done(w, job)
-    assert h.text(job, b"new") == "c" and isinstance(h.received(b"new")[-1], m.Done)
+    assert h.text(job, b"new") == "c" and isinstance(h.received(b"new")[-1], m.Completed)
 
 
 def test_resubmit_that_missed_frames_restarts_the_attempt_with_a_reset() -> None:
@@ -232,7 +232,7 @@ def test_resubmit_that_missed_frames_restarts_the_attempt_with_a_reset() -> None
     assert [(c.job_id, c.attempt) for c in w.cancels()] == [(job, 1)]
     assert w.attempt_of(job) == 2
     kinds = [type(x) for x in h.received(b"new")]
-    assert kinds == [m.Accepted, m.Reset]
+    assert kinds == [m.Accepted, m.Restarted]
 
 
 def test_resubmit_of_a_finished_job_replays_the_cached_outcome() -> None:
@@ -257,7 +257,7 @@ def test_reset_before_a_retry_that_voids_delivered_text() -> None:
     h.tokens(w, job, "partial ")
     h.fail(w, job, C.NETWORK, "connection dropped")
     h.advance(0.1)
-    reset = [x for x in h.received() if isinstance(x, m.Reset)]
+    reset = [x for x in h.received() if isinstance(x, m.Restarted)]
     assert [(r.attempt, r.reason) for r in reset] == [(2, "connection dropped")]
     h.tokens(w, job, "whole")
     h.done(w, job)
@@ -286,10 +286,10 @@ def test_worker_lost_mid_stream_by_heartbeat_moves_the_job() -> None:
     assert isinstance(w1.inbox[-1], m.Disconnect)
     h.advance(0.25)  # worker_lost retries after the first backoff step
     assert w2.attempt_of(job) == 2
-    assert any(isinstance(x, m.Reset) for x in h.received())
+    assert any(isinstance(x, m.Restarted) for x in h.received())
     h.done(w2, job)
     done = h.outcome(job)
-    assert isinstance(done, m.Done)
+    assert isinstance(done, m.Completed)
     assert [t["outcome"] for t in done.result["attempts"]] == ["worker_lost", "ok"]
 
 
@@ -425,7 +425,7 @@ def test_a_worker_error_is_decoded_once_with_bad_fields_dropped() -> None:
     assert w.attempt_of(job) == 2
     h.done(w, job)
     done = h.outcome(job)
-    assert isinstance(done, m.Done)
+    assert isinstance(done, m.Completed)
     assert done.result["attempts"][0] == {
         "attempt": 1,
         "provider": "p",

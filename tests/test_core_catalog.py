@@ -40,7 +40,7 @@ def test_each_strategy_picks_by_the_health_it_sees(strategy: str, first: str) ->
     assert served == first
     h.done(workers[first], job)
     done = h.outcome(job)
-    assert isinstance(done, m.Done) and done.result["strategy"] == strategy
+    assert isinstance(done, m.Completed) and done.result["strategy"] == strategy
 
 
 def test_best_effort_orders_by_latency_within_a_state() -> None:
@@ -89,7 +89,7 @@ def test_cost_and_catalog_queries_in_the_core() -> None:
     job = h.submit(model="oai:gpt-4o")
     h.done(w, job, usage={"prompt_tokens": 1000, "cached_tokens": 200, "completion_tokens": 50})
     done = h.outcome(job)
-    assert isinstance(done, m.Done)
+    assert isinstance(done, m.Completed)
     assert done.result["cost_source"] == "priced"
     assert done.result["cost"] == pytest.approx((800 * 2.5 + 200 * 1.25 + 50 * 10.0) / 1e6)
 

@@ -66,7 +66,7 @@ def test_broker_deadline_heap_after_100k_finished_jobs() -> None:
         job = build_job(model="p:m", prompt="x", job_id=f"job-{i}")
         core.client_message(b"client-1", m.Submit(job=job), h.now)
         core.dispatch_pending(h.now)
-        done = m.Done(job_id=job.id, attempt=1, frames=0)
+        done = m.Completed(job_id=job.id, attempt=1, frames=0)
         core.worker_message(worker.identity, done, (), h.now)
         core.outbox.take()
     assert core.scheduler.totals["done"] == 100_000

@@ -7,9 +7,9 @@ import random
 import pytest
 
 from workers.decode import (
-    Event,
     LineSplitter,
     NdjsonDecoder,
+    ServerEvent,
     SseDecoder,
     StreamDecodeError,
     make_decoder,
@@ -35,9 +35,9 @@ OPENROUTER = (
 )
 
 
-def sse_all(data: bytes, cuts: list[int]) -> list[Event]:
+def sse_all(data: bytes, cuts: list[int]) -> list[ServerEvent]:
     decoder = SseDecoder()
-    events: list[Event] = []
+    events: list[ServerEvent] = []
     start = 0
     for cut in [*cuts, len(data)]:
         events += decoder.feed(data[start:cut])
@@ -71,13 +71,13 @@ def test_comments_are_skipped_and_counted() -> None:
 
 def test_multi_line_data_is_joined_with_newline_and_one_space_stripped() -> None:
     events = sse_all(b"data: a\ndata:b\ndata:  c\n\n", [])
-    assert events == [Event("a\nb\n c")]
+    assert events == [ServerEvent("a\nb\n c")]
 
 
 def test_id_retry_and_unknown_fields() -> None:
     events = sse_all(b"id: 7\nretry: 1500\nerror: {}\nfoo\ndata: x\n\nretry: soon\ndata: y\n\n", [])
-    assert events[0] == Event("x", id="7", retry=1500)
-    assert events[1] == Event("y")  # a bad retry is ignored; fields reset per event
+    assert events[0] == ServerEvent("x", id="7", retry=1500)
+    assert events[1] == ServerEvent("y")  # a bad retry is ignored; fields reset per event
 
 
 def test_blank_lines_alone_dispatch_nothing() -> None:
@@ -87,20 +87,20 @@ def test_blank_lines_alone_dispatch_nothing() -> None:
 @pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"])
 def test_every_line_ending(newline: bytes) -> None:
     data = b"event: a" + newline + b"data: 1" + newline + newline + b"data: 2" + newline * 2
-    assert sse_all(data, []) == [Event("1", event="a"), Event("2")]
+    assert sse_all(data, []) == [ServerEvent("1", event="a"), ServerEvent("2")]
 
 
 def test_cr_at_chunk_end_followed_by_lf_is_one_line_end() -> None:
     # "data: 1\r" | "\n\r\n" must give one event, not an extra blank line in between.
-    assert sse_all(b"data: 1\r\n\r\ndata: 2\r\n\r\n", [8]) == [Event("1"), Event("2")]
-    assert sse_all(b"data: 1\r\r", [8]) == [Event("1")]
+    assert sse_all(b"data: 1\r\n\r\ndata: 2\r\n\r\n", [8]) == [ServerEvent("1"), ServerEvent("2")]
+    assert sse_all(b"data: 1\r\r", [8]) == [ServerEvent("1")]
 
 
 def test_event_split_across_chunks_is_decoded_once() -> None:
     decoder = SseDecoder()
     assert decoder.feed(b'data: {"a":') == []
     assert decoder.feed(b"1}\n") == []
-    assert decoder.feed(b"\n") == [Event('{"a":1}')]
+    assert decoder.feed(b"\n") == [ServerEvent('{"a":1}')]
     assert decoder.close() == []
 
 
@@ -109,11 +109,11 @@ def test_utf8_character_split_across_chunks() -> None:
     decoder = SseDecoder()
     assert decoder.feed(b"data: " + emoji[:1]) == []
     assert decoder.feed(emoji[1:3]) == []
-    assert decoder.feed(emoji[3:] + b"\n\n") == [Event("😀")]
+    assert decoder.feed(emoji[3:] + b"\n\n") == [ServerEvent("😀")]
 
 
 def test_leading_bom_is_dropped() -> None:
-    assert sse_all(b"\xef\xbb\xbfdata: x\n\n", [1]) == [Event("x")]
+    assert sse_all(b"\xef\xbb\xbfdata: x\n\n", [1]) == [ServerEvent("x")]
 
 
 def test_invalid_utf8_is_an_error() -> None:
@@ -170,9 +170,9 @@ def test_ndjson_lines_any_chunking() -> None:
     ).encode()
     rng = random.Random(99)
 
-    def run(cuts: list[int]) -> list[Event]:
+    def run(cuts: list[int]) -> list[ServerEvent]:
         decoder = NdjsonDecoder()
-        out: list[Event] = []
+        out: list[ServerEvent] = []
         start = 0
         for cut in [*cuts, len(data)]:
             out += decoder.feed(data[start:cut])

@@ -108,7 +108,7 @@ def test_wire_frames_are_contiguous_and_counted(broker_factory: Any) -> None:
                 assert msg.attempt == 1
                 seqs.append(msg.seq)
                 text.append(frames[1].decode())
-            elif isinstance(msg, m.Done):
+            elif isinstance(msg, m.Completed):
                 done = msg
         assert seqs == list(range(len(seqs)))
         assert done.frames == len(seqs)
@@ -118,6 +118,6 @@ def test_wire_frames_are_contiguous_and_counted(broker_factory: Any) -> None:
         sock.send(m.Submit(job=job, delivered=len(seqs)).encode())
         assert sock.poll(5_000)
         again = m.decode(sock.recv_multipart()[0])
-        assert isinstance(again, m.Done) and again.result == done.result
+        assert isinstance(again, m.Completed) and again.result == done.result
     finally:
         sock.close()

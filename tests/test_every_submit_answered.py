@@ -107,7 +107,7 @@ def test_every_submit_gets_exactly_one_final_answer(program: list[tuple[Any, ...
             item
             for inbox in h.clients.values()
             for item in inbox
-            if isinstance(item, m.Done | m.Failed) and item.job_id == job
+            if isinstance(item, m.Completed | m.Failed) and item.job_id == job
         ]
         assert len(finals) == 1, (job, finals)
     assert not h.core.jobs
@@ -123,7 +123,7 @@ def test_a_handler_fault_answers_the_job_internal_and_keeps_serving() -> None:
     assert "injected fault in admit" in error.message
     fine = h.submit(model="a:m")
     h.done(w, fine)
-    assert isinstance(h.outcome(fine), m.Done)
+    assert isinstance(h.outcome(fine), m.Completed)
     inject(h, "done")
     third = h.submit(model="a:m")
     h.done(w, third)

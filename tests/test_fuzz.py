@@ -25,7 +25,7 @@ from protocol.client import AsyncClient
 from protocol.errors import ProtocolViolation, ProviderError
 from protocol.results import Done, Reset, Token
 from tests.fuzz_frames import JOB, header_frames, json_values, messages, values
-from workers.decode import Event, StreamDecodeError, make_decoder
+from workers.decode import ServerEvent, StreamDecodeError, make_decoder
 from workers.http import HttpBackend, Malformed, StreamError, _shape_checked
 from workers.registry import backend_class
 from workers.spec import ProviderSpec
@@ -90,9 +90,9 @@ def test_client_handler_survives_any_frames(
 
 
 def _pending() -> Any:
-    from protocol.client import _Pending
+    from protocol.job_stream import JobStream
 
-    return _Pending(job=JOB)
+    return JobStream(job=JOB)
 
 
 async def _no_send(_: Any) -> None:
@@ -109,9 +109,9 @@ sse_text = st.lists(
 stream_bytes = sse_text.map(str.encode) | st.binary(max_size=300)
 
 
-def _decode_all(framing: str, chunks: list[bytes]) -> list[Event] | str:
+def _decode_all(framing: str, chunks: list[bytes]) -> list[ServerEvent] | str:
     decoder = make_decoder(framing)  # type: ignore[arg-type]
-    events: list[Event] = []
+    events: list[ServerEvent] = []
     try:
         for chunk in chunks:
             events += decoder.feed(chunk)
@@ -161,7 +161,7 @@ def test_stream_mappers_raise_only_their_documented_errors(
     try:
         for name, data in events:
             # The streaming path's own wrapper: a wrong JSON shape becomes Malformed there.
-            for delta in _shape_checked(mapper.on_event, Event(data=data, event=name)):
+            for delta in _shape_checked(mapper.on_event, ServerEvent(data=data, event=name)):
                 assert isinstance(delta.text, str)
         mapper.finish()
     except (StreamError, Malformed, ProviderError):

@@ -6,9 +6,10 @@ import msgpack
 import pytest
 
 from protocol import messages as m
-from protocol.client import _Pending, build_job
+from protocol.client import build_job
 from protocol.errors import ErrorCategory, ProtocolViolation, ProviderError, is_retryable
 from protocol.job import Job
+from protocol.job_stream import JobStream
 from protocol.results import Reset, Token
 
 
@@ -24,8 +25,8 @@ def test_every_message_round_trips() -> None:
         ),
         m.Cancel(job_id="a", attempt=2),
         m.Tokens(job_id="a", attempt=1, seq=5),
-        m.Reset(job_id="a", attempt=2, reason="retry"),
-        m.Done(job_id="a", attempt=1, frames=4, result={"usage": {"prompt_tokens": 1}}),
+        m.Restarted(job_id="a", attempt=2, reason="retry"),
+        m.Completed(job_id="a", attempt=1, frames=4, result={"usage": {"prompt_tokens": 1}}),
         m.Failed(job_id="a", attempt=1, error=ProviderError("auth", "no").to_wire()),
         m.StatusQuery(),
         m.StatusReply(status={"queued": 0}),
@@ -170,7 +171,7 @@ def test_error_taxonomy() -> None:
 
 
 def test_client_delivers_in_order_once_and_resets() -> None:
-    pending = _Pending(job=job())
+    pending = JobStream(job=job())
     pending.attempt = 1
     for seq, text in [(1, "b"), (0, "a"), (0, "a"), (3, "d"), (2, "c"), (1, "b")]:
         pending.deliver(seq, text)

@@ -45,6 +45,6 @@ def test_the_core_result_has_every_required_key_and_nothing_unknown() -> None:
     }
     h.done(w, job, **reported)
     done = h.outcome(job)
-    assert isinstance(done, m.Done)
+    assert isinstance(done, m.Completed)
     keys = set(done.result)
     assert JobResult.__required_keys__ <= keys <= result_keys(JobResult)

@@ -141,7 +141,7 @@ async def test_tokens_produced_in_one_loop_turn_stay_separate_frames() -> None:
                 msg = m.decode(frames[1])
                 if isinstance(msg, m.Tokens):
                     texts.append((msg.seq, frames[2].decode()))
-                elif isinstance(msg, m.Done):
+                elif isinstance(msg, m.Completed):
                     break
             assert texts == [(0, "a"), (1, "b"), (2, "c"), (3, "d")]
             assert msg.frames == 4
@@ -171,7 +171,7 @@ async def test_text_queued_behind_a_blocked_send_is_merged_in_order() -> None:
                 if isinstance(msg, m.Tokens):
                     seqs.append(msg.seq)
                     text.append(frames[2].decode())
-                elif isinstance(msg, m.Done):
+                elif isinstance(msg, m.Completed):
                     break
             assert "".join(text) == "".join(f"t{i} " for i in range(count))
             assert seqs == list(range(len(seqs)))
@@ -196,7 +196,7 @@ async def test_worker_never_sleeps_with_a_dispatch_waiting() -> None:
                     broker.send_multipart([identity, dispatch(mock_job())])
                     sent += 1
                 frames = await recv(broker)
-                if isinstance(m.decode(frames[1]), m.Done):
+                if isinstance(m.decode(frames[1]), m.Completed):
                     done += 1
             assert rt.stalls == 0
         finally:

@@ -23,10 +23,10 @@ def test_worker_losses_do_not_use_up_max_attempts() -> None:
     h.tokens(last, job, "whole")
     h.done(last, job)
     done = h.outcome(job)
-    assert isinstance(done, m.Done)
+    assert isinstance(done, m.Completed)
     assert [a["outcome"] for a in done.result["attempts"]] == ["worker_lost"] * 5 + ["ok"]
     assert h.text(job) == "whole"  # each replaced partial was announced with a reset
-    assert sum(isinstance(x, m.Reset) for x in h.received()) == 5
+    assert sum(isinstance(x, m.Restarted) for x in h.received()) == 5
 
 
 def test_worker_losses_have_their_own_bound() -> None:

@@ -23,8 +23,11 @@ class StreamDecodeError(ValueError):
 
 
 @dataclass(slots=True, frozen=True)
-class Event:
-    """One complete event. NDJSON lines arrive as events whose `data` is the line."""
+class ServerEvent:
+    """One complete event of a provider's HTTP stream, before the provider maps it.
+
+    NDJSON lines arrive as events whose `data` is the line.
+    """
 
     data: str
     event: str = "message"
@@ -32,10 +35,14 @@ class Event:
     retry: int | None = None
 
 
-class Decoder(Protocol):
-    def feed(self, chunk: bytes) -> list[Event]: ...
+# The old name, still imported by workers/http.py: drop it once that import says ServerEvent.
+Event = ServerEvent
 
-    def close(self) -> list[Event]: ...
+
+class Decoder(Protocol):
+    def feed(self, chunk: bytes) -> list[ServerEvent]: ...
+
+    def close(self) -> list[ServerEvent]: ...
 
 
 class LineSplitter:
@@ -103,20 +110,20 @@ class SseDecoder:
         self._id: str | None = None
         self._retry: int | None = None
 
-    def feed(self, chunk: bytes) -> list[Event]:
+    def feed(self, chunk: bytes) -> list[ServerEvent]:
         return self._take(self._lines.feed(chunk))
 
-    def close(self) -> list[Event]:
+    def close(self) -> list[ServerEvent]:
         # A stream may end without the final blank line (the Anthropic SDK fixture does).
         return self._take([*self._lines.close(), ""])
 
-    def _take(self, lines: list[str]) -> list[Event]:
-        events: list[Event] = []
+    def _take(self, lines: list[str]) -> list[ServerEvent]:
+        events: list[ServerEvent] = []
         for line in lines:
             if not line:
                 if self._data or self._event:
                     events.append(
-                        Event(
+                        ServerEvent(
                             "\n".join(self._data), self._event or "message", self._id, self._retry
                         )
                     )
@@ -151,11 +158,11 @@ class NdjsonDecoder:
     def __init__(self, max_line: int = MAX_LINE) -> None:
         self._lines = LineSplitter(max_line)
 
-    def feed(self, chunk: bytes) -> list[Event]:
-        return [Event(line) for line in self._lines.feed(chunk) if line.strip()]
+    def feed(self, chunk: bytes) -> list[ServerEvent]:
+        return [ServerEvent(line) for line in self._lines.feed(chunk) if line.strip()]
 
-    def close(self) -> list[Event]:
-        return [Event(line) for line in self._lines.close() if line.strip()]
+    def close(self) -> list[ServerEvent]:
+        return [ServerEvent(line) for line in self._lines.close() if line.strip()]
 
 
 def make_decoder(framing: Framing) -> Decoder:

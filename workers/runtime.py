@@ -250,7 +250,7 @@ class WorkerRuntime:
         # frames = frames already sent + the one still buffered (sent before this message)
         frames = run.seq + (1 if run.buffer else 0)
         wire: dict[str, Any] = {**result}
-        self._post(m.Done(job_id=job.id, attempt=attempt, frames=frames, result=wire))
+        self._post(m.Completed(job_id=job.id, attempt=attempt, frames=frames, result=wire))
         self.log.debug("job_finished", frames=frames)
 
     def _fail(self, run: _Running, exc: ProviderError) -> None:

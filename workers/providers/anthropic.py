@@ -22,7 +22,7 @@ from protocol.schema import Key
 from workers import options
 from workers.backend import Finish, TextDelta
 from workers.classify import ErrorTable
-from workers.decode import Event
+from workers.decode import ServerEvent
 from workers.http import (
     ErrorInfo,
     HttpBackend,
@@ -181,7 +181,7 @@ class MessageStream(StreamMapper):
         self.model: str | None = None
         self.tools: dict[int, dict[str, Any]] = {}  # content-block index -> tool call
 
-    def on_event(self, event: Event) -> list[TextDelta]:
+    def on_event(self, event: ServerEvent) -> list[TextDelta]:
         if event.event == "ping":
             return []
         data = load_json(event.data)

@@ -19,7 +19,7 @@ from protocol.schema import Key
 from workers import options
 from workers.backend import Finish, TextDelta
 from workers.classify import ErrorTable
-from workers.decode import Event, Framing
+from workers.decode import Framing, ServerEvent
 from workers.http import (
     ErrorInfo,
     HttpBackend,
@@ -124,7 +124,7 @@ class ChatLines(StreamMapper):
         self.last: dict[str, Any] = {}
         self.tools: list[dict[str, Any]] = []
 
-    def on_event(self, event: Event) -> list[TextDelta]:
+    def on_event(self, event: ServerEvent) -> list[TextDelta]:
         obj = _check(load_json(event.data))
         message = obj.get("message") or {}
         self.tools += _tool_calls(message)

@@ -21,7 +21,7 @@ from protocol.schema import Key
 from workers import options
 from workers.backend import Finish, TextDelta
 from workers.classify import ErrorTable
-from workers.decode import Event
+from workers.decode import ServerEvent
 from workers.http import (
     ErrorInfo,
     HttpBackend,
@@ -108,7 +108,7 @@ class ChatStream(StreamMapper):
         self.tools = ToolCalls()
         self.refusal = ""
 
-    def on_event(self, event: Event) -> list[TextDelta]:
+    def on_event(self, event: ServerEvent) -> list[TextDelta]:
         if event.data.startswith("[DONE]"):
             self.done = True
             return []

@@ -1,0 +1,51 @@
+"""One job as the client sees it: the current attempt's frames put back in seq order.
+
+`AsyncClient` keeps one `JobStream` per unfinished job. It turns the broker's token frames,
+resets and final answer into the caller's events (protocol/results.py): each frame of the
+current attempt once and in order, and a `Reset` first when a new attempt voids text the
+caller already holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from protocol.errors import ProviderError
+from protocol.job import Job
+from protocol.results import Event, Reset, Token
+
+
+@dataclass(slots=True)
+class JobStream:
+    job: Job
+    events: asyncio.Queue[Event | ProviderError] = field(default_factory=asyncio.Queue)
+    attempt: int = 0  # the attempt whose frames are being delivered
+    next_seq: int = 0
+    held: dict[int, str] = field(default_factory=dict)  # out-of-order frames waiting for a gap
+    parts: list[str] = field(default_factory=list)
+    resets: int = 0
+    finished: bool = False
+    accepted_by: str | None = None  # instance id of the broker run that accepted it
+
+    def start_attempt(self, attempt: int, reason: str) -> None:
+        if self.parts:
+            self.resets += 1
+            self.events.put_nowait(Reset(reason=reason, attempt=attempt))
+        self.attempt, self.next_seq = attempt, 0
+        self.held.clear()
+        self.parts.clear()
+
+    def deliver(self, seq: int, text: str) -> None:
+        if seq < self.next_seq or seq in self.held:
+            return  # duplicate
+        self.held[seq] = text
+        while self.next_seq in self.held:
+            piece = self.held.pop(self.next_seq)
+            self.next_seq += 1
+            self.parts.append(piece)
+            self.events.put_nowait(Token(piece))
+
+    def end(self, item: Event | ProviderError) -> None:
+        self.finished = True
+        self.events.put_nowait(item)
