@@ -49,6 +49,9 @@ class Client:
             self._call(self._async.close())
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
+        if not self._thread.is_alive() and not self._loop.is_closed():
+            # uvloop, unlike asyncio, keeps its file descriptors until the loop is closed
+            self._loop.close()
 
     def _iterate(self, agen: AsyncIterator[T]) -> Iterator[T]:
         try:
