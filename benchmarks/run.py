@@ -91,8 +91,22 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+NOTES = "## What changed"  # from here on docs/performance.md is written by hand, and kept
+
+
+def kept_notes(path: Path) -> str:
+    """The hand-written part of the doc (before/after figures of each change), if any."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return ""
+    at = text.find(f"\n{NOTES}")
+    return text[at:] if at >= 0 else ""
+
+
 def write_doc(path: Path, facts: dict[str, Any], text: str, command: str) -> None:
     m = facts["machine"]
+    notes = kept_notes(path)
     path.write_text(
         "# Performance\n\n"
         "Figures from the latest `make bench` (written by `benchmarks/run.py`; every row was "
@@ -102,12 +116,13 @@ def write_doc(path: Path, facts: dict[str, Any], text: str, command: str) -> Non
         "kernel's count of user + system time of each process over the row's run, per job.\n\n"
         f"- run: {facts['date']}, commit {m['commit']}, {facts['seconds']:.0f} s\n"
         f"- machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, {m['system']}; "
-        f"load average {m['load_average_at_start']} at the start: the machine was shared "
-        "with other work, so figures are noisy\n"
+        f"load average {m['load_average_at_start']} at the start and "
+        f"{m.get('load_average_at_end', '?')} at the end: the machine was shared with other "
+        "work, so figures are noisy\n"
         "- the fake OpenAI server (benchmarks/sse_fake.py, uvicorn) is pinned to core 0 and "
         "everything measured to the other cores\n\n"
         f"Reproduce: `{command}` (raw figures: `bench/results/<date>.json`).\n\n"
-        f"{text}\n"
+        f"{text}\n{notes}"
     )
 
 
