@@ -20,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from batch.errormap import api_error
 from protocol import validate as v
 from protocol.errors import ErrorCategory, ProtocolViolation, ProviderError, is_retryable
+from protocol.http_errors import ROWS, anthropic_error, openai_error, param_of
 from protocol.job import validate_messages, validate_params
 from protocol.results import Result
 
@@ -293,21 +293,16 @@ class OpenAIFormat(BatchFormat):
     def failure(self, req: Request, job_id: str, error: ProviderError) -> dict[str, Any]:
         # As the OpenAI API writes an HTTP-level failure: the status and error body in
         # `response`, and `error` null (readers must test status_code, not just `error`).
-        spelled = api_error(error.category)
+        # The status the gateway would answer (the upstream's own is in llmrelay.status_code).
+        row = ROWS[error.category]
+        message = str(error)
         return {
             "id": self._line_id(job_id),
             "custom_id": req.custom_id,
             "response": {
-                "status_code": error.status_code or spelled.status,
+                "status_code": row.status,
                 "request_id": f"req_{job_id[-24:]}",
-                "body": {
-                    "error": {
-                        "message": str(error),
-                        "type": spelled.openai_type,
-                        "param": None,
-                        "code": error.category.value,
-                    }
-                },
+                "body": openai_error(row, message, param_of(error.category, message)),
             },
             "error": None,
             "llmrelay": failure_meta(req.line, job_id, error),
@@ -484,24 +479,23 @@ class AnthropicFormat(BatchFormat):
         }
 
     @staticmethod
-    def _errored(kind: str, message: str) -> dict[str, Any]:
+    def _errored(category: ErrorCategory, message: str) -> dict[str, Any]:
         # `error` is the whole ErrorResponse envelope, one level deeper than it looks.
-        return {
-            "type": "errored",
-            "error": {"type": "error", "error": {"type": kind, "message": message}},
-        }
+        return {"type": "errored", "error": anthropic_error(ROWS[category], message)}
 
     def failure(self, req: Request, job_id: str, error: ProviderError) -> dict[str, Any]:
         return {
             "custom_id": req.custom_id,
-            "result": self._errored(api_error(error.category).anthropic_type, str(error)),
+            "result": self._errored(error.category, str(error)),
             "llmrelay": failure_meta(req.line, job_id, error),
         }
 
     def bad_line(self, bad: BadLine) -> dict[str, Any]:
         return {
             "custom_id": bad.custom_id,
-            "result": self._errored("invalid_request_error", f"line {bad.line}: {bad.error}"),
+            "result": self._errored(
+                ErrorCategory.INVALID_REQUEST, f"line {bad.line}: {bad.error}"
+            ),
             "llmrelay": bad_line_meta(bad),
         }
 

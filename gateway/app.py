@@ -401,11 +401,7 @@ class Gateway:
         failure = ApiError.from_provider(error)
         if api == OPENAI:
             return b"data: " + json.dumps(failure.openai_body()).encode() + b"\n\n"
-        payload = {
-            "type": "error",
-            "error": {"type": failure.row.anthropic_type, "message": failure.message},
-        }
-        return anthropic_messages.event("error", payload)
+        return anthropic_messages.event("error", failure.anthropic_body())
 
     async def _openai_events(
         self, pump: Pump, job: Job, model: str, include_usage: bool

@@ -6,11 +6,10 @@ The category -> status table is `protocol.http_errors.ROWS` (shared with batch o
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 
 from protocol.errors import ErrorCategory, ProviderError
-from protocol.http_errors import ROWS, Row
+from protocol.http_errors import ROWS, Row, anthropic_error, openai_error, param_of
 
 C = ErrorCategory
 
@@ -18,8 +17,6 @@ C = ErrorCategory
 # Statuses the gateway itself answers with, outside the category table.
 UNAUTHORIZED = Row(401, "invalid_request_error", "invalid_api_key", 401, "authentication_error")
 TOO_LARGE = Row(413, "invalid_request_error", "request_too_large", 413, "request_too_large")
-
-_FIELD = re.compile(r"^([A-Za-z_][\w.\[\]]*):")
 
 
 @dataclass(slots=True)
@@ -48,11 +45,7 @@ class ApiError(Exception):
     @classmethod
     def from_provider(cls, exc: ProviderError) -> ApiError:
         row = ROWS.get(exc.category, ROWS[C.SERVER_ERROR])
-        param = None
-        if exc.category in (C.INVALID_REQUEST, C.UNSUPPORTED):
-            param = field_of(exc.message)
-        elif exc.category is C.CONTEXT_LENGTH:
-            param = "messages"
+        param = param_of(exc.category, exc.message)
         return cls(row, exc.message, param, exc.retry_after, category=exc.category.value)
 
     def response_headers(self) -> dict[str, str]:
@@ -65,30 +58,7 @@ class ApiError(Exception):
         return headers
 
     def openai_body(self) -> dict[str, object]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.row.openai_type,
-                "param": self.param,
-                "code": self.row.openai_code,
-            }
-        }
+        return openai_error(self.row, self.message, self.param)
 
-    def anthropic_body(self, request_id: str) -> dict[str, object]:
-        return {
-            "type": "error",
-            "error": {"type": self.row.anthropic_type, "message": self.message},
-            "request_id": request_id,
-        }
-
-
-def field_of(message: str) -> str | None:
-    """The field a validation message names ("params.temperature: ..." -> "temperature")."""
-    match = _FIELD.match(message)
-    if match is None:
-        return None
-    name = match.group(1)
-    for prefix in ("params.", "job."):
-        if name.startswith(prefix):
-            name = name[len(prefix) :]
-    return name
+    def anthropic_body(self, request_id: str | None = None) -> dict[str, object]:
+        return anthropic_error(self.row, self.message, request_id)

@@ -86,7 +86,16 @@ def test_openai_file_runs_unchanged_and_the_sdk_parses_every_line(
     # As OpenAI writes an HTTP-level failure: status and error body in `response`.
     assert failed["custom_id"] == "d" and failed["error"] is None
     assert failed["response"]["status_code"] == 400
-    assert failed["response"]["body"]["error"]["type"] == "invalid_request_error"
+    # The body the gateway answers for the same failure (protocol.http_errors): OpenAI's
+    # ErrorResponse, whose code is null for a plain invalid request.
+    assert failed["response"]["body"] == {
+        "error": {
+            "message": failed["response"]["body"]["error"]["message"],
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        }
+    }
     assert failed["llmrelay"]["category"] == "invalid_request"
 
 
@@ -109,6 +118,8 @@ def test_anthropic_document_and_jsonl_parse_as_sdk_results(
             {k: v for k, v in line.items() if k != "llmrelay"}
         )
         kinds.add(parsed.result.type)
+        if parsed.result.type == "errored":
+            assert parsed.result.error.error.type == "invalid_request_error"
         if parsed.result.type == "succeeded":
             text = parsed.result.message.content[0]
             assert text.type == "text" and text.text.startswith("question number")

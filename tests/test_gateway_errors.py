@@ -18,6 +18,7 @@ import httpx
 import openai
 import pytest
 
+from protocol.errors import ErrorCategory
 from tests.gateway_support import KEYS_ENV, GatewayProcess, mock_provider
 from tests.harness import BrokerProcess
 
@@ -100,6 +101,7 @@ HELD = {
     ("permission", "openai"): "perm-o",
     ("quota_exhausted", "openai"): "quota-o",
     ("auth", "anthropic"): "auth-a",
+    ("permission", "anthropic"): "perm-a",
     ("quota_exhausted", "anthropic"): "quota-a",
 }
 
@@ -115,17 +117,30 @@ def fail(category: str, delay: float = 0.0, **rule: Any) -> dict[str, Any]:
     return {"metadata": {"mock": script}}
 
 
-# category, status, openai class, openai code, SDK requests (1 = not retried)
+# category, status, openai class, openai code, SDK requests (1 = not retried). Written out
+# from the SDK's rules and OpenAI's own spellings, not read from protocol.http_errors: the
+# point is to check that table. Every category has a row (test_every_category_has_sdk_rows).
 OPENAI_ROWS = [
     ("invalid_request", 400, openai.BadRequestError, None, 1),
     ("context_length", 400, openai.BadRequestError, "context_length_exceeded", 1),
+    ("content_filter", 400, openai.BadRequestError, "content_filter", 1),
+    ("unsupported", 400, openai.BadRequestError, "unsupported_parameter", 1),
     ("auth", 401, openai.AuthenticationError, "invalid_api_key", 1),
     ("permission", 403, openai.PermissionDeniedError, "request_forbidden", 1),
     ("not_found", 404, openai.NotFoundError, "model_not_found", 1),
     ("rate_limited", 429, openai.RateLimitError, "rate_limit_exceeded", 3),
     ("quota_exhausted", 429, openai.RateLimitError, "insufficient_quota", 1),
-    ("server_error", 500, openai.InternalServerError, "server_error", 3),
+    ("broker_busy", 503, openai.InternalServerError, "broker_busy", 3),
     ("overloaded", 503, openai.InternalServerError, "overloaded", 3),
+    ("no_provider", 503, openai.InternalServerError, "no_provider", 3),
+    ("broker_unreachable", 503, openai.InternalServerError, "broker_unreachable", 3),
+    ("server_error", 500, openai.InternalServerError, "server_error", 3),
+    ("internal", 500, openai.InternalServerError, "internal", 3),
+    ("worker_lost", 500, openai.InternalServerError, "server_error", 3),
+    ("protocol", 502, openai.InternalServerError, "bad_gateway", 3),
+    ("network", 502, openai.InternalServerError, "bad_gateway", 3),
+    ("deadline", 504, openai.InternalServerError, "timeout", 3),
+    ("cancelled", 499, openai.APIStatusError, "cancelled", 1),
 ]
 
 
@@ -142,7 +157,7 @@ def test_openai_error_rows(
             extra_body=fail(category, retry_after=0.05),
         )
     err = info.value
-    assert isinstance(err, openai.APIStatusError)
+    assert type(err) is cls and isinstance(err, openai.APIStatusError)
     assert err.status_code == status
     assert err.code == code
     assert err.response.headers["x-request-id"].startswith("req_")
@@ -218,16 +233,36 @@ def test_failover_before_first_token_is_invisible(stack: Stack) -> None:
     assert [a["outcome"] for a in trail] == ["server_error", "ok"]
 
 
-# category, anthropic status, class, error type, SDK requests
+# category, anthropic status, class, error type, SDK requests (the SDK picks its class from
+# the status alone; 529 overloaded is retried, a 402 billing_error is not).
 ANTHROPIC_ROWS = [
     ("invalid_request", 400, anthropic.BadRequestError, "invalid_request_error", 1),
+    ("context_length", 400, anthropic.BadRequestError, "invalid_request_error", 1),
+    ("content_filter", 400, anthropic.BadRequestError, "invalid_request_error", 1),
+    ("unsupported", 400, anthropic.BadRequestError, "invalid_request_error", 1),
     ("auth", 401, anthropic.AuthenticationError, "authentication_error", 1),
+    ("permission", 403, anthropic.PermissionDeniedError, "permission_error", 1),
     ("not_found", 404, anthropic.NotFoundError, "not_found_error", 1),
     ("rate_limited", 429, anthropic.RateLimitError, "rate_limit_error", 3),
-    ("quota_exhausted", 429, anthropic.RateLimitError, "rate_limit_error", 1),
-    ("server_error", 500, anthropic.InternalServerError, "api_error", 3),
+    ("quota_exhausted", 402, anthropic.PaymentRequiredError, "billing_error", 1),
+    ("broker_busy", 529, anthropic.OverloadedError, "overloaded_error", 3),
     ("overloaded", 529, anthropic.OverloadedError, "overloaded_error", 3),
+    ("no_provider", 503, anthropic.ServiceUnavailableError, "api_error", 3),
+    ("broker_unreachable", 503, anthropic.ServiceUnavailableError, "api_error", 3),
+    ("server_error", 500, anthropic.InternalServerError, "api_error", 3),
+    ("internal", 500, anthropic.InternalServerError, "api_error", 3),
+    ("worker_lost", 500, anthropic.InternalServerError, "api_error", 3),
+    ("protocol", 502, anthropic.InternalServerError, "api_error", 3),
+    ("network", 502, anthropic.InternalServerError, "api_error", 3),
+    ("deadline", 504, anthropic.GatewayTimeoutError, "timeout_error", 3),
+    ("cancelled", 499, anthropic.ClientClosedRequestError, "api_error", 1),
 ]
+
+
+def test_every_category_has_sdk_rows() -> None:
+    every = {c.value for c in ErrorCategory}
+    assert {row[0] for row in OPENAI_ROWS} == every
+    assert {row[0] for row in ANTHROPIC_ROWS} == every
 
 
 @pytest.mark.parametrize(("category", "status", "cls", "kind", "requests"), ANTHROPIC_ROWS)
@@ -243,7 +278,7 @@ def test_anthropic_error_rows(
             extra_body=fail(category, retry_after=0.05),
         )
     err = info.value
-    assert isinstance(err, anthropic.APIStatusError) and err.status_code == status
+    assert type(err) is cls and err.status_code == status
     assert isinstance(err.body, dict)
     assert err.body["type"] == "error" and err.body["error"]["type"] == kind
     assert err.response.headers["request-id"] == err.body["request_id"]

@@ -7,10 +7,9 @@ from typing import Any
 import pytest
 
 from dispatcher.config import ConfigError, parse_config
-from gateway.errors import field_of
 from gateway.settings import GatewaySettings, parse_http
 from protocol.errors import ErrorCategory
-from protocol.http_errors import ROWS
+from protocol.http_errors import ROWS, field_of
 
 
 def test_defaults_and_values() -> None:
