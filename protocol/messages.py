@@ -277,9 +277,13 @@ class CatalogReply(Message):
 
 @dataclass(slots=True)
 class Ping(Message):
-    """Heartbeat in every direction; any traffic also counts as one."""
+    """Heartbeat in every direction; any traffic also counts as one. On a broker's ping to a
+    worker, `broker` is the broker run's instance id (see Pong): a worker that sees a new one
+    registers again at once."""
 
     TYPE = "ping"
+    CHECKS = {"broker": _id}
+    broker: str | None = None
 
 
 @dataclass(slots=True)
@@ -382,11 +386,13 @@ class Dispatch(Message):
 
 @dataclass(slots=True)
 class Disconnect(Message):
-    """Broker -> worker: register again (the broker does not know you) or stop."""
+    """Broker -> worker: register again (the broker does not know you); worker -> broker:
+    I am stopping. The broker's carries its instance id (see Ping)."""
 
     TYPE = "disconnect"
-    CHECKS = {"reason": _text}
+    CHECKS = {"reason": _text, "broker": _id}
     reason: str
+    broker: str | None = None
 
 
 @dataclass(slots=True)

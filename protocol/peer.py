@@ -3,7 +3,8 @@
 Open (tune, CURVE, connect), liveness (when was the broker last heard), reconnect by swapping
 the socket between two polls (so no await is pending on a closed socket), drain what is
 queued without one await per message, and send without an event-loop round trip. Readiness
-(protocol/readiness.py) owns the socket's FD, so no wake-up is lost to a send.
+(protocol/readiness.py) owns the socket's FD, so no wake-up is lost to a send. With
+`on_lost`, a socket monitor (protocol/link_monitor.py) reports a dropped connection at once.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 import zmq
 
+from protocol.link_monitor import LinkMonitor
 from protocol.readiness import Readiness
 from protocol.transport import SocketOptions, apply_client_curve, tune_socket
 
@@ -27,14 +29,19 @@ class PeerLink:
         heartbeat_interval: float,
         liveness: int,
         on_reopen: Callable[[str], Awaitable[None]] | None = None,
+        on_lost: Callable[[], None] | None = None,
     ) -> None:
-        """`identity` names each new socket; `on_reopen(reason)` runs after a reconnect."""
+        """`identity` names each new socket; `on_reopen(reason)` runs after a reconnect;
+        `on_lost()` when an established connection dropped (it may `request_reconnect`)."""
         self.endpoint = endpoint
         self.options = options
         self.identity = identity
         self.heartbeat_interval = heartbeat_interval
         self.liveness = liveness
         self.on_reopen = on_reopen
+        self.on_lost = on_lost
+        self.monitor: LinkMonitor | None = None
+        self.drops = 0  # established connections that dropped (seen by the monitor)
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.ready: Readiness | None = None  # the current socket and its FD's wake-ups
         self.closed_missed = 0  # lost wake-ups counted on sockets already closed
@@ -60,6 +67,8 @@ class PeerLink:
         sock.setsockopt(zmq.IDENTITY, identity)
         tune_socket(sock, self.options)
         apply_client_curve(sock, self.options)
+        if self.on_lost is not None:  # before connect: the first handshake is seen too
+            self.monitor = LinkMonitor(sock, self._connection_lost)
         sock.connect(self.endpoint)
         self.ready = Readiness(sock)
         self.routing_id = identity
@@ -67,10 +76,20 @@ class PeerLink:
         return identity
 
     def close(self) -> None:
+        if self.monitor is not None:
+            self.monitor.close()
+            self.monitor = None
         if self.ready is not None:
             self.closed_missed += self.ready.missed
             self.ready.close()
             self.ready = None
+
+    def _connection_lost(self) -> None:
+        self.drops += 1
+        assert self.on_lost is not None
+        self.on_lost()
+        if self.reconnect_reason is not None and self.ready is not None:
+            self.ready.wake()  # the receive waiting now returns, and the next one reconnects
 
     # --- liveness -------------------------------------------------------------------------
 

@@ -47,6 +47,13 @@ class Readiness:
         if self.waiters:
             self._on_fd()
 
+    def wake(self) -> None:
+        """End every wait now (each reports whether its event is ready): the owner has
+        something to do first, e.g. swap sockets after its connection dropped."""
+        for _, fut in self.waiters:
+            if not fut.done():
+                fut.set_result(None)
+
     def _expire(self, mask: int, fut: asyncio.Future[None]) -> None:
         if fut.done():
             return
@@ -106,7 +113,5 @@ class Readiness:
             return
         self.closed = True
         self.loop.remove_reader(self.fd)
-        for _, fut in self.waiters:
-            if not fut.done():
-                fut.set_result(None)
+        self.wake()
         self.sock.close(linger=0)

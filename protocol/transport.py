@@ -19,6 +19,13 @@ class SocketOptions:
     max_message_bytes: int = MAX_MESSAGE_BYTES
     sndhwm: int = 100_000
     rcvhwm: int = 100_000
+    # ZMTP heartbeats (seconds): libzmq's I/O thread pings each connection and closes one
+    # whose peer stays silent, which the application heartbeats alone cannot see on a TCP
+    # connection that is half-open (a frozen peer, a network path gone). The broker then
+    # finds the worker unreachable, a worker or client monitoring its link starts over.
+    # Answered by the peer's I/O thread, not its Python code, so a busy process stays up.
+    zmtp_heartbeat_ivl: float = 1.0
+    zmtp_heartbeat_timeout: float = 3.0
     # CURVE: the broker holds the server pair; clients and workers need its public key.
     server_public_key: str | None = None
     server_secret_key: str | None = None
@@ -47,6 +54,11 @@ def tune_socket(sock: zmq.Socket[Any], opts: SocketOptions) -> None:
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
     sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, int(opts.zmtp_heartbeat_ivl * 1000))
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(opts.zmtp_heartbeat_timeout * 1000))
+    # The peer closes the connection if it hears nothing from us for this long, even
+    # when it sets no heartbeat of its own (libzmq rounds it to tenths of a second).
+    sock.setsockopt(zmq.HEARTBEAT_TTL, int(opts.zmtp_heartbeat_timeout * 1000))
 
 
 def apply_client_curve(sock: zmq.Socket[Any], opts: SocketOptions) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -24,10 +25,44 @@ from workers.procutil import die_with_parent_preexec
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+_EPHEMERAL = _ephemeral_range()
+_PORTS = random.Random(os.getpid() ^ time.monotonic_ns())
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port that is free now and stays free until a child binds it.
+
+    Picked below the kernel's ephemeral range: `bind(port 0)` and every outgoing connection
+    take their port from that range, so a port picked there could be taken by any process's
+    connection (or another test's port 0) before the child binds it ("Address already in
+    use"). Below it only explicit binds compete; those of this session are never repeated,
+    and a random pick makes a clash with a concurrent session unlikely.
+    """
+    low, high = 20_000, _EPHEMERAL[0] - 1
+    if high - low < 1_000:  # an unusual ephemeral range: take any port the kernel offers
+        low, high = 0, 0
+    for _ in range(200):
+        port = _PORTS.randint(low, high) if high else 0
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = int(s.getsockname()[1])
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError(f"no free port found in {low}..{high}")
 
 
 def toml_value(value: Any) -> str:
@@ -83,15 +118,23 @@ def kill_tree(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
         pass
 
 
+# What most integration tests shorten so they run quickly: a 0.5 s heartbeat (users get 1 s;
+# workers started by hand 1 s too), 4 beats of liveness (3), a 0.2 s restart backoff (0.5).
+# `user_defaults=True` keeps every default instead: each fault has a test run that way.
+SHORTENED = {"heartbeat_interval": 0.5, "heartbeat_liveness": 4, "restart_backoff": 0.2}
+
+
 class BrokerProcess:
     def __init__(
         self,
         tmp: Path,
         providers: dict[str, dict[str, Any]],
         routes: dict[str, Any] | None = None,
+        user_defaults: bool = False,
         **broker: Any,
     ) -> None:
         self.tmp = tmp
+        self.user_defaults = user_defaults
         self.client_port = free_port()
         self.worker_port = free_port()
         self.client_endpoint = f"tcp://127.0.0.1:{self.client_port}"
@@ -99,9 +142,7 @@ class BrokerProcess:
         settings = {
             "client_endpoint": self.client_endpoint,
             "worker_endpoint": self.worker_endpoint,
-            "heartbeat_interval": 0.5,
-            "heartbeat_liveness": 4,
-            "restart_backoff": 0.2,
+            **({} if user_defaults else SHORTENED),
             **broker,
         }
         self.config = write_config(tmp / "llmrelay.toml", settings, providers, routes)
@@ -146,8 +187,7 @@ class BrokerProcess:
                 str(self.config),
                 "--connect",
                 self.worker_endpoint,
-                "--heartbeat-interval",
-                "0.5",
+                *([] if self.user_defaults else ["--heartbeat-interval", "0.5"]),
                 *extra,
             ],
             stdout=log,
@@ -162,7 +202,8 @@ class BrokerProcess:
         return proc
 
     def client(self, **kwargs: Any) -> Client:
-        kwargs.setdefault("heartbeat_interval", 0.5)
+        if not self.user_defaults:
+            kwargs.setdefault("heartbeat_interval", 0.5)
         return Client(self.client_endpoint, **kwargs)
 
     def wait_workers(

@@ -57,11 +57,10 @@ async def stream_one(client: AsyncClient, i: int) -> dict[str, Any]:
 def test_five_quick_broker_restarts_during_200_streamed_jobs(broker_factory: Any) -> None:
     broker: BrokerProcess = broker_factory(
         {"mock": {"kind": "mock", "capacity": 16, "spawn": False}},
-        heartbeat_interval=1.0,  # the defaults users get
-        heartbeat_liveness=3,
+        user_defaults=True,  # broker, workers and client as users get them
     )
     for _ in range(2):
-        broker.start_worker("mock", "--heartbeat-interval", "1.0")
+        broker.start_worker("mock")
     broker.wait_workers(2, timeout=60)
     gaps: list[float] = []
 

@@ -235,6 +235,20 @@ def test_resubmit_that_missed_frames_restarts_the_attempt_with_a_reset() -> None
     assert kinds == [m.Accepted, m.Restarted]
 
 
+def test_resubmit_on_the_same_connection_does_not_restart_frames_in_flight() -> None:
+    """A client resubmits twice in a row (after its reconnect, then on hearing the new
+    broker's id): the frames relayed since its first resubmit are on their way to it."""
+    h = CoreHarness(P)
+    w = h.worker("p")
+    job = h.submit(model="p:m", client=b"c")
+    h.tokens(w, job, "a", "b")
+    h.submit(model="p:m", client=b"c", job_id=job, delivered=0)
+    assert w.cancels() == [] and len(w.dispatches()) == 1
+    assert not any(isinstance(x, m.Restarted) for x in h.received(b"c"))
+    h.submit(model="p:m", client=b"c", job_id=job, delivered=3)  # more than was relayed
+    assert [(c.job_id, c.attempt) for c in w.cancels()] == [(job, 1)]
+
+
 def test_resubmit_of_a_finished_job_replays_the_cached_outcome() -> None:
     h = CoreHarness(P)
     w = h.worker("p")

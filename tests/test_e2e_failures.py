@@ -127,7 +127,7 @@ def test_broker_restart_mid_run(broker_factory: Any) -> None:
                 assert outcome.job_id not in results  # each job completes once
                 results[outcome.job_id] = outcome
             await killer
-            assert c.reconnects >= 1
+            assert c.broker_restarts >= 1  # the new run was recognised by its instance id
         return results
 
     results = asyncio.run(main())
@@ -138,7 +138,12 @@ def test_broker_restart_mid_run(broker_factory: Any) -> None:
     # (never reusing one the client had seen), and only those can have reset their output.
     resumed = [r for r in results.values() if r.attempts[0]["attempt"] >= 2]
     assert resumed
-    assert all(r.attempts[0]["attempt"] >= 2 for r in results.values() if r.resets)
+    odd = [
+        (r.job_id, r.attempts)
+        for r in results.values()
+        if r.resets and r.attempts[0]["attempt"] < 2
+    ]
+    assert not odd, odd
     broker.wait_workers(2)  # the same worker processes registered with the new broker
 
 

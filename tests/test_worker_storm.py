@@ -30,6 +30,7 @@ pytestmark = pytest.mark.timeout(600)
 def test_kill_9_storm_across_four_workers(broker_factory: Any, jobs: int) -> None:
     broker: BrokerProcess = broker_factory(
         {"mock": {"kind": "mock", "capacity": 8, "replicas": 4}},
+        user_defaults=True,  # heartbeats, liveness and restart backoff as users get them
         flap_restarts=1000,  # the storm is deliberate: keep restarting
     )
     broker.wait_workers(4, timeout=90)

@@ -1,11 +1,7 @@
 """The worker process every backend shares: registration, heartbeats, concurrency, streaming.
 
 One asyncio loop, one DEALER socket to the broker, one task per job (never more than the
-broker's credit allows). Outgoing traffic leaves in the order it is produced: a message is sent
-at once when nothing is queued before it; only while a send waits for room (the broker is slow)
-do messages queue for the sender task, and text of one job that queues then is merged into one
-frame. So streaming stays token by token, and a job's token frames always precede its
-done/failed message.
+broker's credit allows). What it sends leaves in order through workers/outgoing.py.
 """
 
 from __future__ import annotations
@@ -16,8 +12,6 @@ import os
 import secrets
 import signal
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -26,11 +20,11 @@ import structlog
 
 from protocol import messages as m
 from protocol.errors import ErrorCategory, ProtocolViolation, ProviderError
-from protocol.job import Job
 from protocol.peer import PeerLink
 from protocol.result_schema import RateLimits, WorkerResult
 from protocol.transport import SocketOptions
 from workers.backend import MAX_MODEL_ID, MAX_MODELS, Backend, Finish, TextDelta
+from workers.outgoing import Outgoing, RunningJob
 from workers.procutil import CONFIG_ERROR
 from workers.registry import backend_class
 from workers.spec import ProviderSpec
@@ -49,16 +43,6 @@ def merge_models(config: list[str], live: list[str]) -> list[str]:
         if isinstance(model, str) and 0 < len(model) <= MAX_MODEL_ID:
             merged.setdefault(model)
     return list(merged)[:MAX_MODELS]
-
-
-@dataclass(slots=True)
-class _Running:
-    job: Job
-    attempt: int
-    task: asyncio.Task[None] | None = None
-    buffer: list[str] = field(default_factory=list)
-    seq: int = 0  # token frames sent so far
-    started: float = field(default_factory=time.monotonic)
 
 
 class WorkerRuntime:
@@ -89,11 +73,14 @@ class WorkerRuntime:
             heartbeat_interval=heartbeat_interval,
             liveness=liveness,
             on_reopen=self._reregister,
+            on_lost=self._connection_lost,
         )
-        self.running: dict[tuple[str, int], _Running] = {}
+        self.running: dict[tuple[str, int], RunningJob] = {}
+        # Tasks of dropped attempts still winding down (a backend may await while cancelled).
+        self.abandoned: set[asyncio.Task[None]] = set()
+        self.broker_instance: str | None = None  # the broker run we registered with, once known
         self.counting: set[asyncio.Task[None]] = set()  # exact token counts being made
-        self.outbox: deque[tuple[str, Any]] = deque()
-        self.outbox_ready = asyncio.Event()
+        self.outgoing = Outgoing(self.link)
         self.stopping = asyncio.Event()
         self.exit_code = 0
         self.done_jobs = 0
@@ -112,8 +99,17 @@ class WorkerRuntime:
         self._drop_all(reason)
         self._register(self.link.routing_id.decode())
 
+    def _connection_lost(self) -> None:
+        """The socket monitor saw our connection drop: the broker may have lost what we sent
+        (and forgotten us), so start over now rather than after the silence window."""
+        self.log.warning("broker_connection_lost", endpoint=self.endpoint)
+        if not self.stopping.is_set():
+            self.link.request_reconnect("connection to the broker dropped")
+
     def _register(self, identity: str) -> None:
-        self.outbox.clear()  # messages for the old connection mean nothing to the new one
+        self.outgoing.clear()  # messages for the old connection mean nothing to the new one
+        # Whichever run answers this registration is ours: the first id heard from now on.
+        self.broker_instance = None
         self._post(
             m.Ready(
                 provider=self.spec.name,
@@ -127,57 +123,13 @@ class WorkerRuntime:
         )
         self.log.info("worker_registering", endpoint=self.endpoint, identity=identity)
 
+    def _post(self, msg: m.Message) -> None:
+        self.outgoing.post(msg)
+
     @property
     def stalls(self) -> int:
         """Receive waits that timed out with a message waiting (lost wake-ups; should be 0)."""
         return self.link.missed
-
-    def _send_now(self, frames: list[bytes]) -> bool:
-        """Send at once if nothing is queued before it and the socket has room."""
-        return not self.outbox and self.link.try_send(frames)
-
-    def _post(self, msg: m.Message) -> None:
-        frames = [msg.encode()]
-        if not self._send_now(frames):
-            self.outbox.append(("msg", frames))
-            self.outbox_ready.set()
-
-    def _push_text(self, run: _Running, text: str) -> None:
-        if run.buffer:  # a frame of this job is queued behind a blocked send: merge into it
-            run.buffer.append(text)
-            return
-        if self._send_now(self._token_frames(run, text)):
-            run.seq += 1
-            return
-        self.outbox.append(("tokens", run))
-        self.outbox_ready.set()
-        run.buffer.append(text)
-
-    @staticmethod
-    def _token_frames(run: _Running, text: str) -> list[bytes]:
-        """The next token frame of `run` (the caller counts it in `run.seq` once it is sent)."""
-        header = m.Tokens(job_id=run.job.id, attempt=run.attempt, seq=run.seq)
-        return [header.encode(), text.encode("utf-8", "surrogatepass")]
-
-    async def _sender(self) -> None:
-        """Sends what queued while the socket had no room, in order, merging text per job."""
-        while True:
-            if not self.outbox:
-                self.outbox_ready.clear()
-                await self.outbox_ready.wait()
-                continue
-            kind, item = self.outbox[0]
-            if kind == "tokens":
-                run: _Running = item
-                frames = self._token_frames(run, "".join(run.buffer))
-                run.seq += 1  # counted now: text arriving during the send goes in the next frame
-                run.buffer.clear()
-            else:
-                frames = item
-            await self.link.send(frames)
-            # Popped only now so nothing is sent directly past a message still waiting here.
-            if self.outbox and self.outbox[0][1] is item:
-                self.outbox.popleft()
 
     # --- jobs -----------------------------------------------------------------------------
 
@@ -185,7 +137,7 @@ class WorkerRuntime:
         key = (msg.job.id, msg.attempt)
         if key in self.running:
             return  # duplicate dispatch (e.g. resent after a reconnect): already running
-        run = _Running(job=msg.job, attempt=msg.attempt)
+        run = RunningJob(job=msg.job, attempt=msg.attempt)
         self.running[key] = run
         run.task = asyncio.create_task(self._run_job(run, msg.model))
 
@@ -203,7 +155,7 @@ class WorkerRuntime:
             )
         self._post(reply)
 
-    async def _run_job(self, run: _Running, model: str) -> None:
+    async def _run_job(self, run: RunningJob, model: str) -> None:
         job, attempt = run.job, run.attempt
         structlog.contextvars.bind_contextvars(job=job.id, attempt=attempt)
         first_token: float | None = None
@@ -214,7 +166,7 @@ class WorkerRuntime:
                     if event.text:
                         if first_token is None:
                             first_token = time.monotonic() - run.started
-                        self._push_text(run, event.text)
+                        self.outgoing.push_text(run, event.text)
                 else:
                     finish = event
         except asyncio.CancelledError:
@@ -233,7 +185,9 @@ class WorkerRuntime:
             self._fail(run, err)
             return
         finally:
-            self.running.pop((job.id, attempt), None)
+            self._forget(run)
+        if run.dropped:
+            return
         self.done_jobs += 1
         limits = finish.ratelimit
         result = WorkerResult(
@@ -251,9 +205,17 @@ class WorkerRuntime:
         self._post(m.Completed(job_id=job.id, attempt=attempt, frames=frames, result=wire))
         self.log.debug("job_finished", frames=frames)
 
-    def _fail(self, run: _Running, exc: ProviderError) -> None:
+    def _forget(self, run: RunningJob) -> None:
+        """Remove `run` from the running table, unless a redispatch already took its key."""
+        key = (run.job.id, run.attempt)
+        if self.running.get(key) is run:
+            del self.running[key]
+
+    def _fail(self, run: RunningJob, exc: ProviderError) -> None:
+        self._forget(run)
+        if run.dropped:
+            return  # a dropped attempt's end (its `cancelled` above all) is nobody's news
         self.failed_jobs += 1
-        self.running.pop((run.job.id, run.attempt), None)
         if exc.provider is None:
             exc.provider = self.spec.name
         self.log.info(
@@ -283,7 +245,8 @@ class WorkerRuntime:
         elif isinstance(msg, m.Cancel):
             self._cancel(msg.job_id, msg.attempt)
         elif isinstance(msg, m.Ping):
-            self._post(m.Pong())
+            if not self._new_broker(msg.broker):
+                self._post(m.Pong())
         elif isinstance(msg, m.Error):
             self.log.error("broker_error", message=msg.message)
         elif isinstance(msg, m.Rejected):
@@ -291,17 +254,47 @@ class WorkerRuntime:
             self.exit_code = CONFIG_ERROR  # restarting would only repeat it
             self.stopping.set()
         elif isinstance(msg, m.Disconnect):
+            if self._new_broker(msg.broker):
+                return
             self.log.warning("broker_disconnected_us", reason=msg.reason)
             if not self.stopping.is_set():  # draining: finish here rather than start over
                 self.link.request_reconnect("broker asked us to register again")
 
+    def _new_broker(self, instance: str | None) -> bool:
+        """True if `instance` names a broker run other than the one we registered with.
+
+        ZeroMQ reconnects our socket to a broker restarted on the same endpoint without
+        telling us; the jobs the old run gave us are gone with it (their callers resubmit
+        them to the new run), so we drop them and register again at once.
+        """
+        if instance is None or instance == self.broker_instance:
+            return False
+        old, self.broker_instance = self.broker_instance, instance
+        if old is None:
+            return False  # the first run heard since we registered: the one we registered with
+        self.log.warning("broker_restarted", old=old, new=instance)
+        if not self.stopping.is_set():
+            self.link.request_reconnect("new broker instance")
+        return True
+
     def _drop_all(self, why: str) -> None:
-        """The broker forgot us: it re-dispatches these jobs elsewhere, so stop them here."""
-        for run in list(self.running.values()):
-            if run.task is not None:
-                run.task.cancel()
+        """The broker forgot us: it re-dispatches these jobs (perhaps to us, with the same
+        job id and attempt), so stop them here and never report them.
+
+        The table is emptied at once, not when each task ends: a cancelled task may take a
+        while (a backend awaiting its cleanup), and meanwhile a redispatch of the same
+        (job, attempt) must start afresh rather than pass for a duplicate, and the old
+        task's late `cancelled` must not reach the broker as that redispatch's answer.
+        """
         if self.running:
             self.log.warning("jobs_abandoned", count=len(self.running), reason=why)
+        for run in self.running.values():
+            run.dropped = True
+            if run.task is not None:
+                run.task.cancel()
+                self.abandoned.add(run.task)
+                run.task.add_done_callback(self.abandoned.discard)
+        self.running.clear()
 
     async def _heartbeats(self) -> None:
         next_stats = time.monotonic() + self.stats_interval
@@ -361,7 +354,7 @@ class WorkerRuntime:
         await self._discover_models()
         self._connect()
         tasks = [
-            asyncio.create_task(self._sender()),
+            asyncio.create_task(self.outgoing.sender()),
             asyncio.create_task(self._receiver()),
             asyncio.create_task(self._heartbeats()),
         ]
@@ -407,11 +400,12 @@ class WorkerRuntime:
         while self.running and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         pending = [run.task for run in self.running.values() if run.task is not None]
+        pending += self.abandoned
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         flush_deadline = time.monotonic() + 2.0
-        while self.outbox and time.monotonic() < flush_deadline:
+        while self.outgoing.queue and time.monotonic() < flush_deadline:
             await asyncio.sleep(0.01)
         self.log.info("worker_stopped", jobs_done=self.done_jobs, jobs_failed=self.failed_jobs)
 
