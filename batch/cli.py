@@ -22,6 +22,7 @@ from batch.formats import FORMATS
 from batch.runner import BatchOptions, BatchReport, BatchUsageError, run_batch
 from batch.source import SourceError
 from batch.stats import Stats
+from protocol import eventloop
 from protocol.client import AsyncClient
 from protocol.errors import ProviderError
 
@@ -105,7 +106,7 @@ async def _dry_run(args: argparse.Namespace, options: BatchOptions) -> DryRunRep
 
 
 def _print_dry_run(args: argparse.Namespace, options: BatchOptions) -> int:
-    report = asyncio.run(_dry_run(args, options))
+    report = eventloop.run(_dry_run(args, options))
     for bad in report.bad:
         print(f"line {bad.line}: {bad.error}", file=sys.stderr)
     print(
@@ -217,7 +218,7 @@ def main(args: argparse.Namespace) -> int:
         options.check()
         if args.dry_run:
             return _print_dry_run(args, options)
-        report = asyncio.run(_run(args, options))
+        report = eventloop.run(_run(args, options))
     except (BatchUsageError, SourceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -8,7 +8,6 @@ broker's CPU per job at each size says whether its per-job cost grows with the r
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
 import tempfile
@@ -19,6 +18,7 @@ from pathlib import Path
 import psutil
 
 from benchmarks.common import CpuMeter, Row, worker_pids
+from protocol import eventloop
 from protocol.client import AsyncClient
 from tests.harness import BrokerProcess
 
@@ -88,13 +88,13 @@ def run(sizes: tuple[int, ...] = (1_000, 10_000, 100_000)) -> list[Row]:
         try:
             bp.wait_workers(2)
             assert bp.proc is not None
-            asyncio.run(batch(bp.client_endpoint, WINDOW))  # warm-up
+            eventloop.run(batch(bp.client_endpoint, WINDOW))  # warm-up
             for jobs in sizes:
                 meter = CpuMeter(
                     {"client": me, "broker": bp.proc.pid, "worker": worker_pids(bp.proc.pid)}
                 )
                 rss = PeakRss({"broker": bp.proc.pid, "client": me})
-                wall = asyncio.run(batch(bp.client_endpoint, jobs))
+                wall = eventloop.run(batch(bp.client_endpoint, jobs))
                 peak = rss.done()
                 cpu = meter.ms_per_job(jobs)
                 per_job[jobs] = cpu["broker"]

@@ -33,6 +33,7 @@ from benchmarks.common import (
     wait_http,
     worker_pids,
 )
+from protocol import eventloop
 from protocol.client import AsyncClient
 from protocol.results import Token
 from tests.harness import BrokerProcess
@@ -408,7 +409,4 @@ async def failover_rows(url: str, sizes: Sizes, peers: bool) -> list[Row]:
 
 
 def run(sizes: Sizes, peers: bool = True) -> list[Row]:
-    return asyncio.run(main_async(sizes, peers))
-
-
-
+    return eventloop.run(main_async(sizes, peers))

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from benchmarks.common import CpuMeter, Row, worker_pids
+from protocol import eventloop
 from protocol.client import AsyncClient
 from protocol.results import Done
 from tests.harness import BrokerProcess
@@ -27,6 +28,9 @@ from workers.providers.llamacpp import LlamaCppBackend
 from workers.spec import ProviderSpec
 
 SLOTS = 2  # the machine has two cores; more slots only share them
+# Same flags on both sides. Without --no-repack, llama-server dies with SIGILL loading SmolLM2's
+# Q4_1 weights on CPUs that list AMX the kernel does not grant (this sandbox's Xeon does).
+LLAMA_EXTRA_ARGS = ("--no-repack",)
 
 
 async def direct_stream(http: httpx.AsyncClient, prompt: str, tokens: int) -> int:
@@ -149,7 +153,11 @@ def run(models: dict[str, tuple[Path, int]], rounds: int = 3) -> list[Row]:
     """`models`: label -> (GGUF path, tokens per stream)."""
     rows: list[Row] = []
     for label, (path, tokens) in models.items():
-        options = {"model_path": str(path), "extra_body": {"ignore_eos": True}}
+        options = {
+            "model_path": str(path),
+            "extra_body": {"ignore_eos": True},
+            "extra_args": list(LLAMA_EXTRA_ARGS),
+        }
         with tempfile.TemporaryDirectory() as tmp:
             bp = BrokerProcess(
                 Path(tmp),
@@ -167,7 +175,7 @@ def run(models: dict[str, tuple[Path, int]], rounds: int = 3) -> list[Row]:
             try:
                 bp.wait_workers(1, timeout=180)
                 assert bp.proc is not None
-                rows += asyncio.run(
+                rows += eventloop.run(
                     compare(label, options, bp.client_endpoint, bp.proc.pid, tokens, rounds)
                 )
             finally:
@@ -185,6 +193,3 @@ def default_models(smoke: bool) -> dict[str, tuple[Path, int]]:
     if not smoke:
         models["SmolLM2-135M"] = (smollm2_path(), 200)
     return models
-
-
-

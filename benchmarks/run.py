@@ -26,7 +26,7 @@ import structlog
 from benchmarks.common import ROOT, Row
 
 # latency last: it imports LiteLLM into this process, which would skew the client rows after it
-BENCHES = ("ceiling", "batch", "llama", "latency")
+BENCHES = ("ceiling", "batch", "llama", "gateway", "latency")
 
 
 def machine() -> dict[str, Any]:
@@ -52,19 +52,21 @@ def machine() -> dict[str, Any]:
 
 
 def benches(smoke: bool, peers: bool) -> dict[str, Callable[[], list[Row]]]:
-    from benchmarks import batch_scale, ceiling, latency, llama
+    from benchmarks import batch_scale, ceiling, gateway, latency, llama
 
     if smoke:
         sizes = latency.Sizes(rounds=1, serial=10, parallel=64, failover=10)
         return {
             "ceiling": lambda: ceiling.run(jobs=300, window=64, frames_per_job=(10,)),
             "latency": lambda: latency.run(sizes, peers=peers),
+            "gateway": lambda: gateway.run(sizes, peers=peers),
             "batch": lambda: batch_scale.run((200, 400)),
             "llama": lambda: llama.run(llama.default_models(smoke=True), rounds=1),
         }
     return {
         "ceiling": lambda: ceiling.run(),
         "latency": lambda: latency.run(latency.Sizes(serial=200, parallel=1000), peers=peers),
+        "gateway": lambda: gateway.run(latency.Sizes(serial=200, parallel=1000), peers=peers),
         "batch": lambda: batch_scale.run(),
         "llama": lambda: llama.run(llama.default_models(smoke=False)),
     }
@@ -89,8 +91,22 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+NOTES = "## What changed"  # from here on docs/performance.md is written by hand, and kept
+
+
+def kept_notes(path: Path) -> str:
+    """The hand-written part of the doc (before/after figures of each change), if any."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return ""
+    at = text.find(f"\n{NOTES}")
+    return text[at:] if at >= 0 else ""
+
+
 def write_doc(path: Path, facts: dict[str, Any], text: str, command: str) -> None:
     m = facts["machine"]
+    notes = kept_notes(path)
     path.write_text(
         "# Performance\n\n"
         "Figures from the latest `make bench` (written by `benchmarks/run.py`; every row was "
@@ -100,12 +116,13 @@ def write_doc(path: Path, facts: dict[str, Any], text: str, command: str) -> Non
         "kernel's count of user + system time of each process over the row's run, per job.\n\n"
         f"- run: {facts['date']}, commit {m['commit']}, {facts['seconds']:.0f} s\n"
         f"- machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, {m['system']}; "
-        f"load average {m['load_average_at_start']} at the start: the machine was shared "
-        "with other work, so figures are noisy\n"
+        f"load average {m['load_average_at_start']} at the start and "
+        f"{m.get('load_average_at_end', '?')} at the end: the machine was shared with other "
+        "work, so figures are noisy\n"
         "- the fake OpenAI server (benchmarks/sse_fake.py, uvicorn) is pinned to core 0 and "
         "everything measured to the other cores\n\n"
         f"Reproduce: `{command}` (raw figures: `bench/results/<date>.json`).\n\n"
-        f"{text}\n"
+        f"{text}\n{notes}"
     )
 
 

@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 from catalog.capabilities import FLAGS
 from dispatcher.config import ConfigError, load_config
-from protocol import logs
+from protocol import eventloop, logs
 from protocol.client import CONNECT_TIMEOUT, DEFAULT_ENDPOINT, AsyncClient
 from protocol.constants import CONFIG_ENV, DEFAULT_WORKER_ENDPOINT, SPEC_ENV
 from protocol.errors import ProtocolViolation, ProviderError
@@ -156,7 +156,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     kwargs = _submit_kwargs(args)
     build_job(**{**kwargs, "params": dict(kwargs["params"])})  # bad input fails before connecting
     try:
-        return asyncio.run(_submit(args, kwargs))
+        return eventloop.run(_submit(args, kwargs))
     except ProviderError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -195,7 +195,7 @@ async def _status(args: argparse.Namespace) -> None:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     try:
-        asyncio.run(_status(args))
+        eventloop.run(_status(args))
     except ProviderError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -216,7 +216,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     from catalog.listing import render_models
 
     try:
-        listing = asyncio.run(_models(args))
+        listing = eventloop.run(_models(args))
     except ProviderError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED

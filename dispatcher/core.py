@@ -310,6 +310,7 @@ class BrokerCore:
             deadline=now + timeout,
             attempt=msg.first_attempt - 1,
             client_has_tokens=msg.delivered > 0,
+            answering=msg.answering,
             est_tokens=estimate_tokens(
                 resolved.prompt_tokens.tokens if resolved.prompt_tokens else 0,
                 job.params.get("max_tokens"),
@@ -334,6 +335,7 @@ class BrokerCore:
         """
         in_flight = identity == js.client and msg.delivered <= js.frames
         js.client = identity
+        js.answering = msg.answering
         names = [str(c) for c in js.candidates]
         accepted = m.Accepted(
             job_id=js.id, candidates=names, skipped=js.skipped, broker=self.instance
@@ -406,6 +408,15 @@ class BrokerCore:
             return  # a frame of an attempt that was already abandoned
         if js.first_token_at is None:
             js.first_token_at = now
+        if js.frames == 0 and js.answering and js.candidate is not None:
+            answering = m.Answering(
+                job_id=js.id,
+                attempt=js.attempt,
+                provider=js.candidate.provider,
+                model=js.candidate.model,
+                attempts=js.trail_maps(),
+            )
+            self.outbox.to_client(js.client, answering)
         js.frames += 1
         # The caller now holds output a retry would void. If it is gone or too slow the send
         # is dropped; it resubmits with its own frame count and the attempt restarts then.

@@ -85,6 +85,7 @@ class JobState:
     candidate: Candidate | None = None
     frames: int = 0  # token frames relayed for the current attempt
     client_has_tokens: bool = False  # the caller holds output that a retry would void
+    answering: bool = False  # the caller asked for an Answering before each attempt's text
     excluded: set[str] = field(default_factory=set)  # providers that must not be tried again
     avoid_until: dict[str, float] = field(default_factory=dict)  # provider -> retry time
     last_error: ProviderError | None = None  # the latest attempt's failure

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
+
 from gateway.errors import ApiError
 from gateway.openai_chat import tool_calls
 from protocol.results import Result
@@ -201,7 +203,15 @@ def message(result: Result, requested: str) -> dict[str, Any]:
 
 
 def event(kind: str, data: dict[str, Any]) -> bytes:
-    return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+# A text delta differs from the next only in its text: its bytes around the JSON string.
+_DELTA_HEAD, _DELTA_TAIL = event(
+    "content_block_delta",
+    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": ""}},
+).split(b'"text":""')
+_DELTA_HEAD += b'"text":'
 
 
 class EventWriter:
@@ -235,10 +245,7 @@ class EventWriter:
                 "content_block_start",
                 {"type": "content_block_start", "index": 0, "content_block": block},
             )
-        delta = {"type": "text_delta", "text": text}
-        return out + event(
-            "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}
-        )
+        return out + _DELTA_HEAD + orjson.dumps(text) + _DELTA_TAIL
 
     def ending(self, result: Result) -> bytes:
         tools = _tool_blocks(result)

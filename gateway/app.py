@@ -33,7 +33,7 @@ from protocol.client import build_job
 from protocol.errors import ErrorCategory, ProtocolViolation, ProviderError
 from protocol.http_errors import ROWS
 from protocol.job import Job, new_job_id
-from protocol.results import Event, Result
+from protocol.results import Event, Origin, Result
 
 log = structlog.get_logger("llmrelay.gateway")
 T = TypeVar("T")
@@ -224,6 +224,14 @@ class Gateway:
                 headers["x-llmrelay-cost"] = f"{cost:.8f}"
         return headers
 
+    def origin_headers(self, origin: Origin) -> dict[str, str]:
+        """A stream's trail at its first text: the failed attempts, then the one answering."""
+        current = {"provider": origin.provider, "model": origin.model, "outcome": "answering"}
+        headers = self.trail_headers(None, [*origin.attempts, current])
+        headers["x-llmrelay-provider"] = origin.provider
+        headers["x-llmrelay-model"] = origin.model
+        return headers
+
     def labels(self, model: str, provider: str | None) -> dict[str, str]:
         kind = self.kinds.get(provider or "", provider)
         return {
@@ -256,7 +264,10 @@ class Gateway:
                 raise ApiError.bad_request("stream: must be a boolean", "stream")
             job = self.make_job(kwargs, stream)
             client = self.link.client(name)
-            events = cast(AsyncGenerator[Event, None], client.submit_job(job))
+            # A stream's headers go out with its first text: it asks who answers by then.
+            events = cast(
+                AsyncGenerator[Event, None], client.submit_job(job, answering=stream)
+            )
             pump = Pump(events, self._limit(stream), self.backlog)
             try:
                 await self.until_disconnect(request, self._settled(pump, stream))
@@ -287,8 +298,8 @@ class Gateway:
     async def _settled(self, pump: Pump, stream: bool) -> None:
         """Wait for what decides the response's status: the first text (stream) or the end."""
         if stream:
-            while not await pump.first(self.settings.keepalive_interval):
-                pass
+            while not pump.started:
+                await pump.first(self.settings.keepalive_interval)
         else:
             await asyncio.shield(pump.task)
 
@@ -352,7 +363,14 @@ class Gateway:
     ) -> Response:
         ttft = time.monotonic() - started
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        if pump.result is not None:  # it ended before any text: the whole trail is known
+            trail = self.trail_headers(pump.result, pump.result.attempts)
+        elif pump.origin is not None:
+            trail = self.origin_headers(pump.origin)
+        else:  # no Answering reached us (the link reconnected in the middle of an attempt)
+            trail = {}
         headers = {
+            **trail,
             "x-request-id": request_id,
             "x-llmrelay-job-id": job.id,
             "cache-control": "no-cache",
@@ -400,24 +418,21 @@ class Gateway:
     def _stream_error(self, api: str, error: ProviderError) -> bytes:
         failure = ApiError.from_provider(error)
         if api == OPENAI:
-            return b"data: " + json.dumps(failure.openai_body()).encode() + b"\n\n"
+            return openai_chat.sse(failure.openai_body())
         return anthropic_messages.event("error", failure.anthropic_body())
 
     async def _openai_events(
         self, pump: Pump, job: Job, model: str, include_usage: bool
     ) -> AsyncIterator[bytes]:
         writer = openai_chat.ChunkWriter(job.id, model)
-
-        def sse(obj: Any) -> bytes:
-            return b"data: " + json.dumps(obj).encode() + b"\n\n"
-
-        yield sse(writer.first())
-        while True:
+        sse = openai_chat.sse
+        # The role chunk goes out in one write with the first text (fewer, fuller writes).
+        text = await pump.take()
+        yield sse(writer.first()) + (writer.text_event(text) if text else b"")
+        while not pump.finished or pump.parts:
             text = await pump.take()
             if text:
-                yield sse(writer.text(text))
-            elif pump.finished:
-                break
+                yield writer.text_event(text)
         if pump.error is not None:
             yield self._stream_error(OPENAI, pump.error)  # no [DONE]: the SDK raises APIError
             return
@@ -427,19 +442,17 @@ class Gateway:
             "attempts": pump.result.attempts,
             "cost": pump.result.usage.get("cost"),
         }
-        for chunk in writer.ending(pump.result, include_usage, trail):
-            yield sse(chunk)
-        yield b"data: [DONE]\n\n"
+        closing = [sse(chunk) for chunk in writer.ending(pump.result, include_usage, trail)]
+        yield b"".join(closing) + b"data: [DONE]\n\n"
 
     async def _anthropic_events(self, pump: Pump, job: Job, model: str) -> AsyncIterator[bytes]:
         writer = anthropic_messages.EventWriter(job.id, model)
-        yield writer.start()
-        while True:
+        text = await pump.take()
+        yield writer.start() + (writer.text(text) if text else b"")
+        while not pump.finished or pump.parts:
             text = await pump.take()
             if text:
                 yield writer.text(text)
-            elif pump.finished:
-                break
         if pump.error is not None:
             yield self._stream_error(ANTHROPIC, pump.error)
             return

@@ -10,6 +10,8 @@ import json
 import time
 from typing import Any
 
+import orjson
+
 from gateway.errors import ApiError
 from protocol.job import PARAMS
 from protocol.results import Result
@@ -170,13 +172,29 @@ def completion(result: Result, requested: str, created: int | None = None) -> di
     }
 
 
+def sse(obj: Any) -> bytes:
+    """One server-sent event holding `obj` as JSON."""
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
 class ChunkWriter:
-    """Renders one stream's `chat.completion.chunk` events (same id and created on each)."""
+    """Renders one stream's `chat.completion.chunk` events (same id and created on each).
+
+    A text chunk differs from the next only in its text, so its bytes are a prefix and a
+    suffix rendered once per stream around the JSON string: one small encode per event.
+    """
 
     def __init__(self, job_id: str, model: str) -> None:
         self.id = f"chatcmpl-{job_id}"
         self.created = int(time.time())
         self.model = model
+        template = sse(self.text(""))
+        cut = template.index(b'"content":""') + len(b'"content":')
+        self._text_head, self._text_tail = template[:cut], template[cut + 2 :]
+
+    def text_event(self, text: str) -> bytes:
+        """`sse(self.text(text))`, without building and encoding the whole chunk."""
+        return self._text_head + orjson.dumps(text) + self._text_tail
 
     def chunk(
         self,

@@ -15,7 +15,7 @@ import contextlib
 from collections.abc import AsyncGenerator
 
 from protocol.errors import ErrorCategory, ProviderError
-from protocol.results import Done, Event, Reset, Result, Token
+from protocol.results import Done, Event, Origin, Reset, Result, Token
 
 
 class Backlog:
@@ -44,6 +44,7 @@ class Pump:
         self.tokens = 0  # token frames received from the broker
         self.sending = False  # the writer is blocked handing text to a slow reader
         self.result: Result | None = None
+        self.origin: Origin | None = None  # the attempt now answering (when asked for)
         self.error: ProviderError | None = None
         self.changed = asyncio.Event()
         self.task = asyncio.get_running_loop().create_task(self._run(events))
@@ -74,6 +75,8 @@ class Pump:
                             await asyncio.sleep(0)  # a burst: let the writer take it first
                     elif isinstance(event, Reset):
                         self._drop()
+                    elif isinstance(event, Origin):
+                        self.origin = event
                     elif isinstance(event, Done):
                         self.result = event.result
                     self.changed.set()
@@ -96,8 +99,13 @@ class Pump:
         self._drop()
         return text
 
+    @property
+    def started(self) -> bool:
+        """Text is waiting, or the job ended: what the response's start waits for."""
+        return bool(self.parts) or self.finished
+
     async def first(self, keepalive: float) -> bool:
-        """Wait until text arrives or the job ends; False each `keepalive` seconds meanwhile."""
+        """Wait for any news (text, the end, an Origin); False after `keepalive` seconds."""
         if self.parts or self.finished:
             return True
         self.changed.clear()

@@ -27,7 +27,7 @@ from protocol.errors import ErrorCategory, ProtocolViolation, ProviderError
 from protocol.job import Job, build_job
 from protocol.job_stream import JobStream
 from protocol.peer import PeerLink
-from protocol.results import Done, Event, Result
+from protocol.results import Done, Event, Origin, Result
 from protocol.transport import SocketOptions
 from protocol.validate import need_id
 
@@ -139,6 +139,7 @@ class AsyncClient(CatalogCalls):
                 first_attempt=pending.attempt + 1,
                 delivered=pending.next_seq,
                 client=self.name,
+                answering=pending.answering,
             )
         )
 
@@ -165,13 +166,15 @@ class AsyncClient(CatalogCalls):
     def _handle(self, frames: list[bytes]) -> None:
         msg = m.decode(frames[0])
         if isinstance(msg, m.Tokens):
-            pending = self.pending.get(msg.job_id)
-            if pending is None or pending.finished or msg.attempt < pending.attempt:
-                return
-            if msg.attempt > pending.attempt:
-                pending.start_attempt(msg.attempt, "retried")
-            text = frames[1].decode("utf-8", "replace") if len(frames) > 1 else ""
-            pending.deliver(msg.seq, text)
+            pending = self._current(msg.job_id, msg.attempt)
+            if pending is not None:
+                text = frames[1].decode("utf-8", "replace") if len(frames) > 1 else ""
+                pending.deliver(msg.seq, text)
+        elif isinstance(msg, m.Answering):
+            pending = self._current(msg.job_id, msg.attempt)
+            if pending is not None and pending.answering:  # never an event not asked for
+                origin = Origin(msg.provider, msg.model, msg.attempt, msg.attempts)
+                pending.events.put_nowait(origin)
         elif isinstance(msg, m.Restarted):
             pending = self.pending.get(msg.job_id)
             if pending is not None and msg.attempt > pending.attempt and not pending.finished:
@@ -202,6 +205,15 @@ class AsyncClient(CatalogCalls):
             pending = self.pending.get(msg.job_id)
             if pending is not None and not pending.finished:
                 pending.end(ProviderError(ErrorCategory.PROTOCOL, msg.message, job_id=msg.job_id))
+
+    def _current(self, job_id: str, attempt: int) -> JobStream | None:
+        """The job a message of `attempt` is news for (a newer attempt starts here)."""
+        pending = self.pending.get(job_id)
+        if pending is None or pending.finished or attempt < pending.attempt:
+            return None
+        if attempt > pending.attempt:
+            pending.start_attempt(attempt, "retried")
+        return pending
 
     def _broker_is(self, instance: str | None) -> None:
         """A broker run's id: a new one lost every job the old run had (a quick restart
@@ -237,14 +249,20 @@ class AsyncClient(CatalogCalls):
 
     # --- public API ---------------------------------------------------------------------
 
-    async def submit_job(self, job: Job) -> AsyncIterator[Event]:
-        """Stream the events of one job; raises ProviderError when the job fails."""
-        async with contextlib.aclosing(self.submit_job_batches(job)) as batches:
+    async def submit_job(self, job: Job, *, answering: bool = False) -> AsyncIterator[Event]:
+        """Stream the events of one job; raises ProviderError when the job fails.
+
+        `answering`: an `Origin` event comes before each attempt's first token (who answers).
+        """
+        batches = self.submit_job_batches(job, answering=answering)
+        async with contextlib.aclosing(batches):
             async for batch in batches:
                 for event in batch:
                     yield event
 
-    async def submit_job_batches(self, job: Job) -> AsyncGenerator[list[Event], None]:
+    async def submit_job_batches(
+        self, job: Job, *, answering: bool = False
+    ) -> AsyncGenerator[list[Event], None]:
         """`submit_job`, yielding every event already received at once (in order).
 
         For callers that pay per resumption: the blocking `Client` crosses threads once per
@@ -252,7 +270,7 @@ class AsyncClient(CatalogCalls):
         """
         pending = self.pending.get(job.id)
         if pending is None or pending.finished:
-            pending = self.pending[job.id] = JobStream(job=job)
+            pending = self.pending[job.id] = JobStream(job=job, answering=answering)
         loop = asyncio.get_running_loop()
         watchdogs = []
         if not self.heard_broker:

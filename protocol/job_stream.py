@@ -27,6 +27,7 @@ class JobStream:
     resets: int = 0
     finished: bool = False
     accepted_by: str | None = None  # instance id of the broker run that accepted it
+    answering: bool = False  # the caller wants an Origin event before each attempt's text
 
     def start_attempt(self, attempt: int, reason: str) -> None:
         if self.parts:

@@ -151,11 +151,43 @@ class Submit(Message):
     """Client asks for a job. Resubmitting the same job id is idempotent."""
 
     TYPE = "submit"
-    CHECKS = {"job": _job, "first_attempt": _attempt, "delivered": _seq, "client": _id}
+    CHECKS = {
+        "job": _job,
+        "first_attempt": _attempt,
+        "delivered": _seq,
+        "client": _id,
+        "answering": _bool,
+    }
     job: Job
     first_attempt: int = 1  # after a broker restart, attempts continue past those already seen
     delivered: int = 0  # token frames the caller already received
     client: str | None = None  # stable name for fair queueing (survives reconnects)
+    answering: bool = False  # send an Answering before each attempt's first token frame
+
+
+@dataclass(slots=True)
+class Answering(Message):
+    """Broker -> client, before the first token frame of an attempt, when the Submit asked:
+    which provider and model now answer, and the attempts that failed before it.
+
+    Lets a caller that must commit to its answer's metadata at the first token (the HTTP
+    gateway's response headers) name the attempt that got through. The caller's side of it
+    is the `protocol.results.Origin` event.
+    """
+
+    TYPE = "answering"
+    CHECKS = {
+        "job_id": _id,
+        "attempt": _attempt,
+        "provider": _id,
+        "model": _text,
+        "attempts": _map_list,
+    }
+    job_id: str
+    attempt: int
+    provider: str
+    model: str
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # the trail before this one
 
 
 @dataclass(slots=True)
@@ -411,6 +443,7 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "VERSION",
     "Accepted",
+    "Answering",
     "Cancel",
     "Completed",
     "Disconnect",

@@ -28,6 +28,7 @@ class Readiness:
         # wake-up (should stay 0; tests and `make bench` read it).
         self.missed = 0
         self.closed = False
+        self._check_soon = False  # a check() is scheduled for this loop turn's end
         self.loop.add_reader(self.fd, self._on_fd)
 
     def _events(self) -> int:
@@ -43,9 +44,19 @@ class Readiness:
                 fut.set_result(None)
 
     def check(self) -> None:
-        """Wake every waiter whose event is ready; call after any call on the socket."""
-        if self.waiters:
-            self._on_fd()
+        """Wake every waiter whose event is ready; call after any call on the socket.
+
+        Done once at the end of the loop turn, not after every call: reading ZMQ_EVENTS costs
+        as much as a send, and a worker relaying tokens sends many times per turn. A waiter
+        cannot run before the turn ends anyway, so it wakes just as soon.
+        """
+        if self.waiters and not self._check_soon:
+            self._check_soon = True
+            self.loop.call_soon(self._checked)
+
+    def _checked(self) -> None:
+        self._check_soon = False
+        self._on_fd()
 
     def wake(self) -> None:
         """End every wait now (each reports whether its event is ready): the owner has

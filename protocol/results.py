@@ -67,4 +67,16 @@ class Done:
     result: Result
 
 
-Event = Token | Reset | Done
+@dataclass(slots=True)
+class Origin:
+    """Who answers: the attempt whose text follows (only for `submit_job(answering=True)`).
+
+    `attempts` is the trail of the attempts that failed before this one."""
+
+    provider: str
+    model: str
+    attempt: int
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+
+
+Event = Token | Reset | Done | Origin

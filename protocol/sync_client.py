@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+from protocol import eventloop
 from protocol.async_client import DEFAULT_ENDPOINT, AsyncClient
 from protocol.errors import ProviderError
 from protocol.job import build_job
@@ -24,7 +25,7 @@ class Client:
     """Blocking client: the same calls as AsyncClient, without `await`."""
 
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, **kwargs: Any) -> None:
-        self._loop = asyncio.new_event_loop()
+        self._loop = eventloop.new_event_loop()  # uvloop when installed
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         self._async = self._call(self._make(endpoint, kwargs))
@@ -48,6 +49,9 @@ class Client:
             self._call(self._async.close())
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
+        if not self._thread.is_alive() and not self._loop.is_closed():
+            # uvloop, unlike asyncio, keeps its file descriptors until the loop is closed
+            self._loop.close()
 
     def _iterate(self, agen: AsyncIterator[T]) -> Iterator[T]:
         try:

@@ -164,11 +164,18 @@ class CoreHarness:
         first_attempt: int = 1,
         job_id: str | None = None,
         prompt: str = "hello",
+        answering: bool = False,
         **job: Any,
     ) -> str:
         """Submit a job (build_job keywords) as connection `client`; returns its id."""
         built = build_job(prompt=prompt, job_id=job_id or f"job-{next(self._ids)}", **job)
-        msg = m.Submit(job=built, first_attempt=first_attempt, delivered=delivered, client=name)
+        msg = m.Submit(
+            job=built,
+            first_attempt=first_attempt,
+            delivered=delivered,
+            client=name,
+            answering=answering,
+        )
         self.core.client_message(client, msg, self.now)
         self.pump()
         return built.id

@@ -21,12 +21,19 @@ from protocol.client import build_job
 JOB = build_job(model="mock:echo", prompt="fuzz", job_id="fuzz-job", max_tokens=5, timeout=30)
 
 EXAMPLES: list[m.Message] = [
-    m.Submit(job=JOB, first_attempt=2, delivered=1, client="fuzzer"),
+    m.Submit(job=JOB, first_attempt=2, delivered=1, client="fuzzer", answering=True),
     m.Accepted(
         job_id="fuzz-job", candidates=["mock:echo"], skipped=[{"candidate": "x:y"}], broker="run-1"
     ),
     m.Cancel(job_id="fuzz-job", attempt=1),
     m.Tokens(job_id="fuzz-job", attempt=1, seq=0),
+    m.Answering(
+        job_id="fuzz-job",
+        attempt=2,
+        provider="mock",
+        model="echo",
+        attempts=[{"attempt": 1, "provider": "mock", "model": "echo", "outcome": "network"}],
+    ),
     m.Restarted(job_id="fuzz-job", attempt=2, reason="retried"),
     m.Completed(
         job_id="fuzz-job",

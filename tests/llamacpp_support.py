@@ -66,6 +66,10 @@ class H(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+if script.get("sigill_unless_no_repack") and "--no-repack" not in args:
+    import resource, signal  # what llama-server does loading repacked weights on some VMs
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    os.kill(os.getpid(), signal.SIGILL)
 if script.get("exit_at_start"):
     print("0.00.000.002 E fake: failed to load model, bad magic", file=sys.stderr, flush=True)
     sys.exit(1)

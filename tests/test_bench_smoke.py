@@ -40,6 +40,8 @@ def test_bench_smoke_runs_every_benchmark(tmp_path: Path) -> None:
         "throughput",
         "added latency",
         "failover (1st candidate 500)",
+        "gateway throughput",
+        "gateway added latency",
         "batch scale",
         "llama.cpp",
     }
@@ -47,8 +49,17 @@ def test_bench_smoke_runs_every_benchmark(tmp_path: Path) -> None:
         assert math.isfinite(row["value"]) and row["value"] > 0, row
         assert math.isfinite(row["baseline"]) and row["baseline"] > 0, row
     paths = {r["path"] for r in rows}
-    for path in ("direct httpx", "LiteLLM Router", "LiteLLM proxy", "pyzmq relay"):
+    for path in (
+        "direct httpx",
+        "LiteLLM Router",
+        "LiteLLM proxy",
+        "pyzmq relay",
+        "llmrelay gateway, 1 openai worker",
+    ):
         assert path in paths
+    gateway_rows = [r for r in rows if r["path"].startswith("llmrelay gateway")]
+    assert any(r["baseline_path"] == "LiteLLM proxy" for r in gateway_rows)
+    assert all("gateway" in r["cpu_ms_per_job"] for r in gateway_rows if r["cpu_ms_per_job"])
     relay_rows = [r for r in rows if r["path"].startswith("llmrelay") and r["cpu_ms_per_job"]]
     assert relay_rows
     for row in relay_rows:

@@ -9,6 +9,7 @@ and register again. The client runs with its default heartbeat settings.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -97,3 +98,12 @@ def test_five_quick_broker_restarts_during_200_streamed_jobs(broker_factory: Any
     # never seen, so not every restart need be counted on a loaded host).
     assert client.broker_restarts >= 1
     assert sum(o["resets"] for o in outcomes) >= 1  # some partials were replaced, announced
+    # The workers outlived every broker and registered with each new run by themselves:
+    # their socket monitor saw the killed broker's connection drop.
+    drops: dict[int, int] = {}
+    for line in (broker.tmp / "worker-mock.log").read_text().splitlines():
+        if '"broker_connection_lost"' in line:
+            pid = json.loads(line)["worker_pid"]
+            drops[pid] = drops.get(pid, 0) + 1
+    assert sorted(drops) == sorted(w.pid for w in broker.workers), drops
+    assert broker.wait_workers(2, timeout=30)

@@ -21,7 +21,8 @@ from protocol.errors import ErrorCategory as C
 from protocol.job import Job
 from workers.classify import classify, parse_retry_after, scrub, scrubbed
 from workers.decode import ServerEvent
-from workers.http import ErrorInfo, HttpBackend, StreamError, network_error
+from workers.http import ErrorInfo, HttpBackend, StreamError
+from workers.http_pool import network_error
 from workers.registry import backend_class
 from workers.spec import ProviderSpec
 

@@ -83,6 +83,24 @@ def test_failover_to_the_next_candidate() -> None:
     ]
 
 
+def test_answering_names_each_attempt_before_its_first_frame_when_asked() -> None:
+    h = CoreHarness(AB, ROUTE)
+    wa, wb = h.worker("a"), h.worker("b")
+    job = h.submit(route="chain", answering=True)
+    h.fail(wa, job, C.AUTH)  # before any text: the caller hears only of the attempt after it
+    h.tokens(wb, job, "he", "llo")
+    relayed = [x for x in h.received() if isinstance(x, m.Answering | Relayed)]
+    first, *frames = relayed
+    assert isinstance(first, m.Answering) and len(frames) == 2  # once, before the first frame
+    assert (first.attempt, first.provider, first.model) == (2, "b", "m")
+    assert [(t["provider"], t["outcome"]) for t in first.attempts] == [("a", "auth")]
+    plain = h.submit(model="a:m", client=b"client-2")  # not asked: no extra message
+    h.advance(400)  # a's auth hold ends
+    h.tokens(wa, plain, "x")
+    assert h.text(plain, b"client-2") == "x"
+    assert not any(isinstance(x, m.Answering) for x in h.received(b"client-2"))
+
+
 def test_a_retryable_failure_moves_on_to_a_ready_candidate_at_once() -> None:
     h = CoreHarness(AB, ROUTE, retry_base_delay=5.0)
     wa, wb = h.worker("a"), h.worker("b")

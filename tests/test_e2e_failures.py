@@ -72,7 +72,10 @@ def test_kill_9_worker_mid_stream(broker_factory: Any) -> None:
 
 
 def test_hung_worker_is_detected_and_its_job_redispatched(broker_factory: Any) -> None:
-    broker = broker_factory({"mock": {"kind": "mock", "capacity": 4, "replicas": 2}})
+    # On the default heartbeat (1 s x 3): a hang is found only by the application heartbeat.
+    broker = broker_factory(
+        {"mock": {"kind": "mock", "capacity": 4, "replicas": 2}}, user_defaults=True
+    )
     broker.wait_workers(2)
     tokens = [f"h{k} " for k in range(20)]
     with broker.client() as client:

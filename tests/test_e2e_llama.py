@@ -21,7 +21,9 @@ from workers.providers.llamacpp import LlamaCppBackend
 pytestmark = [pytest.mark.llama, pytest.mark.timeout(180)]
 
 
-def llama_broker(broker_factory: Any, model: Path, **options: Any) -> Any:
+def llama_broker(
+    broker_factory: Any, model: Path, user_defaults: bool = False, **options: Any
+) -> Any:
     broker = broker_factory(
         {
             "llama": {
@@ -30,7 +32,8 @@ def llama_broker(broker_factory: Any, model: Path, **options: Any) -> Any:
                 "capacity": 2,
                 "options": {"model_path": str(model), **options},
             }
-        }
+        },
+        user_defaults=user_defaults,
     )
     broker.wait_workers(1, timeout=120)
     return broker
@@ -83,12 +86,17 @@ def test_streamed_job_returns_what_llama_server_produced(
 def test_kill_9_of_llama_server_mid_stream_is_retried(
     broker_factory: Any, llama_binary: Any, long_model: Path
 ) -> None:
-    broker = llama_broker(broker_factory, long_model, ctx_size=16384)
+    # Broker and llama-server supervision on the defaults users get.
+    broker = llama_broker(broker_factory, long_model, user_defaults=True, ctx_size=16384)
     victim = llama_stats(broker)["llama_pid"]
     events: list[Any] = []
+    # Long enough that the kill (at the first token the caller sees) lands mid-generation
+    # with a wide margin, short enough that the retry, which generates it all again, stays
+    # cheap on a loaded host: 6,000 tokens took 82 s at 74 tokens/s under load 8.
+    max_tokens = 1000
     with broker.client() as client:
         for event in client.stream(
-            model="llama:tiny", prompt="go", max_tokens=6000, temperature=0.0
+            model="llama:tiny", prompt="go", max_tokens=max_tokens, temperature=0.0
         ):
             events.append(event)
             if len(events) == 1:
@@ -96,12 +104,16 @@ def test_kill_9_of_llama_server_mid_stream_is_retried(
     done = events[-1]
     assert isinstance(done, Done)
     assert [a["outcome"] for a in done.result.attempts][-1] == "ok"
-    assert done.result.attempts[0]["outcome"] in ("network", "server_error")
-    assert done.result.usage["completion_tokens"] == 6000
+    assert done.result.attempts[0]["outcome"] in ("network", "server_error"), "not mid-stream"
+    assert done.result.usage["completion_tokens"] == max_tokens
     if any(isinstance(e, Reset) for e in events):  # tokens had reached us before the kill
         assert done.result.resets == 1
-    stats = llama_stats(broker)
-    assert stats["llama_restarts"] >= 1 and stats["llama_pid"] != victim
+    # The figures come with the worker's heartbeats: the one after the restart may be due.
+    deadline = time.monotonic() + 60
+    while (stats := llama_stats(broker))["llama_pid"] == victim:
+        assert time.monotonic() < deadline, "the server's restart was never reported"
+        time.sleep(0.2)
+    assert stats["llama_restarts"] >= 1
 
 
 def test_kill_9_of_the_worker_leaves_no_llama_server(

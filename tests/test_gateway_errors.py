@@ -72,13 +72,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "mock": mock_provider(),
         "paced": {**mock_provider(), "rpm": 1},  # one request, then a minute's wait
         "single": mock_provider(capacity=1),
+        "spare": mock_provider(),  # where the "pair" route fails over to
         # auth, permission and quota failures hold their provider for minutes: one each
         **{name: mock_provider(capacity=2) for name in HELD.values()},
     }
     broker = BrokerProcess(
         tmp,
         providers,
-        {"default": ["mock:echo"]},
+        {"default": ["mock:echo"], "pair": ["mock:echo", "spare:echo"]},
         circuit_failures=100_000,  # scripted failures must not open the mock's circuit
         retry_base_delay=0.01,
         retry_max_delay=0.05,
@@ -87,7 +88,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     gateway = GatewayProcess(broker, request_timeout=20.0)
     try:
         broker.start()
-        broker.wait_workers(3 + len(HELD), timeout=90)
+        broker.wait_workers(4 + len(HELD), timeout=90)
         gateway.start()
         yield Stack(broker, gateway)
     finally:
@@ -231,6 +232,71 @@ def test_failover_before_first_token_is_invisible(stack: Stack) -> None:
     assert text == "one two three four " and len(counter.paths) == 1
     trail = chunks[-1].model_extra["x_llmrelay"]["attempts"]  # type: ignore[index]
     assert [a["outcome"] for a in trail] == ["server_error", "ok"]
+
+
+def test_stream_headers_name_the_attempt_that_got_through(stack: Stack) -> None:
+    """The response starts with the first token, so its headers carry the trail up to the
+    attempt answering; the failover before it stays invisible in the stream itself."""
+    counter = Counter()
+    sdk = stack.openai(counter)
+    with sdk.chat.completions.with_streaming_response.create(
+        model="pair",
+        messages=MESSAGES,  # type: ignore[arg-type]
+        stream=True,
+        # mock fails over to spare, whose tokens are slow enough that the job is still
+        # running when the response starts (had it ended, the trail would end "=ok")
+        extra_body=fail("not_found", delay=0.2, attempt=1, after=0),
+    ) as response:
+        headers = response.headers
+        chunks = list(response.parse())
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "one two three four " and len(counter.paths) == 1
+    assert headers["x-llmrelay-provider"] == "spare"
+    assert headers["x-llmrelay-model"] == "echo"
+    assert headers["x-llmrelay-attempts"] == "2"
+    assert headers["x-llmrelay-attempt-trail"] == "mock:echo=not_found,spare:echo=answering"
+    trail = chunks[-1].model_extra["x_llmrelay"]["attempts"]  # type: ignore[index]
+    assert [a["outcome"] for a in trail] == ["not_found", "ok"]  # the whole trail, at the end
+
+    plain = sdk.chat.completions.with_raw_response.create(
+        model="mock:echo",
+        messages=MESSAGES,  # type: ignore[arg-type]
+        stream=True,
+    )
+    assert plain.headers["x-llmrelay-provider"] == "mock"
+    assert plain.headers["x-llmrelay-attempts"] == "1"
+    assert "".join(c.choices[0].delta.content or "" for c in plain.parse() if c.choices)
+
+    body = {"model": "pair", "max_tokens": 50, "stream": True, "messages": MESSAGES}
+    body.update(fail("not_found", attempt=1, after=0))
+    with httpx.stream("POST", stack.gateway.url + "/v1/messages", json=body) as reply:
+        events = [line for line in reply.iter_lines() if line.startswith("event:")]
+    assert reply.status_code == 200 and reply.headers["x-llmrelay-provider"] == "spare"
+    assert events[0] == "event: message_start" and events[-1] == "event: message_stop"
+
+
+@pytest.mark.parametrize(
+    ("category", "status", "cls", "requests"),
+    [
+        ("invalid_request", 400, openai.BadRequestError, 1),
+        ("rate_limited", 429, openai.RateLimitError, 3),
+        ("server_error", 500, openai.InternalServerError, 3),
+    ],
+)
+def test_stream_failing_before_its_first_token_is_an_http_error(
+    stack: Stack, category: str, status: int, cls: type, requests: int
+) -> None:
+    """Not a 200 with an error event: the status the SDK raises (and retries) by."""
+    counter = Counter()
+    with pytest.raises(cls) as info:
+        stack.openai(counter).chat.completions.create(
+            model=target(category, "openai"),
+            messages=MESSAGES,  # type: ignore[arg-type]
+            stream=True,
+            extra_body=fail(category, retry_after=0.05),
+        )
+    assert type(info.value) is cls and info.value.status_code == status
+    assert len(counter.paths) == requests
 
 
 # category, anthropic status, class, error type, SDK requests (the SDK picks its class from

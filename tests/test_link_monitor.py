@@ -3,13 +3,18 @@
 The fake broker is a real ROUTER socket; "the broker process died" is that socket closing,
 and "a new broker" a new socket bound on the same port. ZeroMQ alone would reconnect the
 old DEALER silently (same identity) and neither peer would know; the liveness windows are
-set out of reach here, so only the monitor can explain what the peers do next.
+set out of reach here, so only the monitor can explain what the peers do next. A frozen
+broker (SIGSTOP) closes nothing: there the ZMTP heartbeats are what ends the connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -19,6 +24,7 @@ from protocol import messages as m
 from protocol.async_client import AsyncClient
 from tests.test_worker_hot_path import CTX, recv, router, run_async, spec, started, stop
 from tests.test_worker_reregister import Lingering, reregistered
+from workers.procutil import die_with_parent_preexec
 from workers.runtime import WorkerRuntime
 
 NEVER_SILENT = 1_000_000  # liveness beats: the silence path cannot fire during a test
@@ -103,3 +109,45 @@ async def test_a_dropped_connection_makes_the_client_resubmit_at_once() -> None:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
+
+
+FROZEN_BROKER = """
+import sys, time, zmq
+sock = zmq.Context().socket(zmq.ROUTER)
+port = sock.bind_to_random_port("tcp://127.0.0.1")
+print(port, flush=True)
+while True:
+    time.sleep(60)
+"""
+
+
+@run_async
+async def test_a_frozen_broker_is_noticed_by_zmtp_heartbeats() -> None:
+    """A broker process stopped with SIGSTOP keeps its TCP connection (its kernel still
+    answers), so only the ZMTP heartbeat (transport.tune_socket) can tell: its PING goes
+    unanswered, libzmq closes the connection, the monitor reports it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FROZEN_BROKER],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=die_with_parent_preexec(),
+    )
+    try:
+        assert proc.stdout is not None
+        endpoint = f"tcp://127.0.0.1:{int(proc.stdout.readline())}"
+        rt = WorkerRuntime(spec(), endpoint, liveness=NEVER_SILENT, backend=Lingering(spec()))
+        task = asyncio.create_task(rt.run())
+        try:
+            while rt.link.monitor is None or not rt.link.monitor.established:
+                await asyncio.sleep(0.01)
+            os.kill(proc.pid, signal.SIGSTOP)
+            end = time.monotonic() + 30  # the heartbeat times out after about 4 s
+            while rt.link.drops == 0:
+                assert time.monotonic() < end, "the frozen broker was never noticed"
+                await asyncio.sleep(0.05)
+            assert rt.link.reconnects >= 1 or rt.link.reconnect_reason is not None
+        finally:
+            await stop(rt, task)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)

@@ -87,6 +87,37 @@ def test_exit_during_load_reports_its_output(tmp_path: Path) -> None:
     run(body)
 
 
+def test_a_server_killed_by_repacking_is_started_again_without(tmp_path: Path) -> None:
+    config = fake_config(tmp_path, sigill_unless_no_repack=True)
+
+    async def body() -> None:
+        server = LlamaServer(config)
+        try:
+            assert "--no-repack" not in server.argv()  # llama-server's default, repacking
+            await server.start()
+            assert server.state is ServerState.READY
+            assert server.no_repack and server.argv()[-1] == "--no-repack"
+            assert server.restarts == 0  # one more launch while starting, not a restart
+        finally:
+            await server.close()
+
+    run(body)
+
+
+def test_an_explicit_repack_flag_is_never_overridden(tmp_path: Path) -> None:
+    config = fake_config(tmp_path, sigill_unless_no_repack=True)
+    config.extra_args = ["--repack"]
+
+    async def body() -> None:
+        server = LlamaServer(config)
+        with pytest.raises(ServerFailed, match=f"exited with code -{int(signal.SIGILL)}"):
+            await server.start()
+        assert not server.no_repack and "--no-repack" not in server.argv()
+        await server.close()
+
+    run(body)
+
+
 def test_flapping_server_gives_up_with_clear_error(tmp_path: Path) -> None:
     config = fake_config(tmp_path, exit_after_ready=True)
 

@@ -19,12 +19,13 @@ def job(**extra: object) -> Job:
 
 def test_every_message_round_trips() -> None:
     samples: list[m.Message] = [
-        m.Submit(job=job(), first_attempt=2, delivered=3, client="host-1-abc"),
+        m.Submit(job=job(), first_attempt=2, delivered=3, client="host-1-abc", answering=True),
         m.Accepted(
             job_id="a", candidates=["mock:echo"], skipped=[{"candidate": "x", "reason": "y"}]
         ),
         m.Cancel(job_id="a", attempt=2),
         m.Tokens(job_id="a", attempt=1, seq=5),
+        m.Answering(job_id="a", attempt=2, provider="p", model="m/x:1", attempts=[{"a": 1}]),
         m.Restarted(job_id="a", attempt=2, reason="retry"),
         m.Completed(job_id="a", attempt=1, frames=4, result={"usage": {"prompt_tokens": 1}}),
         m.Failed(job_id="a", attempt=1, error=ProviderError("auth", "no").to_wire()),

@@ -11,12 +11,11 @@ import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, aclosing, contextmanager, suppress
+from contextlib import aclosing, contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, ClassVar, TypeVar
 
-import anyio
 import httpx
 import structlog
 
@@ -27,16 +26,23 @@ from workers import options
 from workers.backend import MAX_MODEL_ID, MAX_MODELS, Backend, Finish, StreamEvent, TextDelta
 from workers.classify import MAX_MESSAGE, ErrorTable, classify, scrubbed
 from workers.decode import Event, Framing, StreamDecodeError, make_decoder
+from workers.http_pool import (
+    CONNECT_TIMEOUT,
+    READ_TIMEOUT,
+    TOTAL_TIMEOUT,
+    WRITE_TIMEOUT,
+    Pools,
+    network_error,
+    pool_client,
+    send_streaming,
+    until,
+)
 from workers.ratelimit import OPENAI, HeaderFamily, Reading, field_table
 from workers.spec import ProviderSpec
 
 T = TypeVar("T")
 
-# Defaults for spec.options; all in seconds.
-CONNECT_TIMEOUT = 10.0
-READ_TIMEOUT = 120.0  # idle time between bytes; a local model may think long before a token
-WRITE_TIMEOUT = 30.0
-TOTAL_TIMEOUT = 600.0
+# Defaults for spec.options (the timeouts' are in workers/http_pool.py); in seconds.
 DRAIN_GRACE = 2.0  # after the terminator, wait this long for the body's end to reuse the socket
 MAX_BODY = 32 << 20  # a non-streamed response body larger than this is refused
 MAX_ERROR_BODY = 64 << 10  # only this much of an error body is read
@@ -125,40 +131,6 @@ def unsupported(provider: str, what: str) -> ProviderError:
     return ProviderError(ErrorCategory.UNSUPPORTED, what, provider=provider)
 
 
-def until(deadline: float) -> AbstractContextManager[anyio.CancelScope]:
-    """A timeout ending at `deadline` (event-loop time) that raises TimeoutError.
-
-    An anyio scope, not `asyncio.timeout_at`: httpcore shields its connection clean-up with
-    anyio, which holds off an anyio scope's cancellation but not a native `task.cancel()`. A
-    native timeout that fires inside that clean-up (e.g. the drain grace expiring just as the
-    body ends) leaves the connection counted as in use forever (encode/httpcore#1115); after
-    `capacity` of them every request waits for a pool slot until its total timeout.
-    """
-    return anyio.fail_after(max(0.0, deadline - anyio.current_time()))
-
-
-def network_error(
-    provider: str, exc: httpx.TransportError, timeouts: httpx.Timeout
-) -> ProviderError:
-    if isinstance(exc, httpx.ConnectTimeout):
-        what = f"connect timeout after {timeouts.connect}s"
-    elif isinstance(exc, httpx.ReadTimeout):
-        what = f"read timeout: no data for {timeouts.read}s"
-    elif isinstance(exc, httpx.WriteTimeout):
-        what = f"write timeout after {timeouts.write}s"
-    elif isinstance(exc, httpx.PoolTimeout):
-        what = "timed out waiting for a pooled connection"
-    elif isinstance(exc, httpx.ConnectError):
-        what = "connection failed"
-    elif isinstance(exc, httpx.RemoteProtocolError):
-        what = "connection closed or broken by the server"
-    else:
-        what = "connection error"
-    detail = str(exc).strip()
-    message = f"{what} ({type(exc).__name__}: {detail})" if detail else what
-    return ProviderError(ErrorCategory.NETWORK, message, provider=provider)
-
-
 class HttpBackend(Backend):
     """A Backend that talks HTTP to one provider through one keep-alive connection pool."""
 
@@ -189,7 +161,8 @@ class HttpBackend(Backend):
         )
         self.total_timeout = float(opts.get("total_timeout", TOTAL_TIMEOUT))
         self.drain_grace = float(opts.get("drain_grace", DRAIN_GRACE))
-        self._client: httpx.AsyncClient | None = None
+        self._client: httpx.AsyncClient | None = None  # the first pool, for side requests
+        self._pools: Pools | None = None
         self._slots: asyncio.Semaphore | None = None
         self._ratelimit_fields = field_table(self.ratelimit_headers)
 
@@ -243,19 +216,16 @@ class HttpBackend(Backend):
             headers.update(self.auth_headers(self._key))
         capacity = max(1, self.spec.capacity)
         self._slots = asyncio.Semaphore(capacity)
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers=headers,
-            timeout=self.timeouts,
-            limits=httpx.Limits(max_connections=capacity, max_keepalive_connections=capacity),
-            follow_redirects=False,
-            trust_env=bool(self.spec.options.get("trust_env", True)),
+        self._pools = Pools(
+            partial(pool_client, self.base_url, headers, self.timeouts, options=self.spec.options),
+            capacity,
         )
+        self._client = self._pools.clients[0]
 
     async def close(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
+        if self._pools is not None:
+            pools, self._pools, self._client = self._pools, None, None
+            await pools.aclose()
 
     # -- live model list --------------------------------------------------------------------
 
@@ -309,18 +279,24 @@ class HttpBackend(Backend):
     # -- one job ----------------------------------------------------------------------------
 
     async def generate(self, job: Job, model: str, attempt: int) -> AsyncIterator[StreamEvent]:
-        if self._slots is None:
+        if self._slots is None or self._pools is None:
             raise RuntimeError("HttpBackend.start() was not called")
+        pools = self._pools
         limits = Reading()  # filled from the response headers, reported with the outcome
-        events = self._generate(job, model, limits)
         try:
             # Jobs beyond capacity queue here, not in httpx's pool (whose queue scans every
             # waiter on each change: quadratic when a caller oversubscribes).
-            async with self._slots, aclosing(events):
-                async for event in events:
-                    if isinstance(event, Finish) and limits.values:
-                        event.ratelimit = limits.report() or {}
-                    yield event
+            async with self._slots:
+                pool = pools.take()
+                try:
+                    events = self._generate(job, model, limits, pools.clients[pool])
+                    async with aclosing(events):
+                        async for event in events:
+                            if isinstance(event, Finish) and limits.values:
+                                event.ratelimit = limits.report() or {}
+                            yield event
+                finally:
+                    pools.give(pool)
         except ProviderError as exc:
             # `from None`: a chained httpx error carries the request, headers included.
             error = scrubbed(exc, [self._key or ""])
@@ -329,10 +305,8 @@ class HttpBackend(Backend):
             raise error from None
 
     async def _generate(
-        self, job: Job, model: str, limits: Reading
+        self, job: Job, model: str, limits: Reading, client: httpx.AsyncClient
     ) -> AsyncGenerator[StreamEvent, None]:
-        client = self._client
-        assert client is not None
         if self.key_required and not self._key:
             env = self.spec.options.get("api_key_env") or self.api_key_env
             raise ProviderError(
@@ -347,7 +321,7 @@ class HttpBackend(Backend):
         timed_out = f"request exceeded the total timeout of {self.total_timeout}s"
         with self._provider_errors("response body", "", timed_out):
             with until(deadline):
-                response = await client.send(request, stream=True)
+                response = await send_streaming(client, request, self.spec.name)
             limits.read(self._ratelimit_fields, response.headers)
             try:
                 if not response.is_success:

@@ -25,6 +25,7 @@ HTTP: dict[str, Key] = {
     "write_timeout": Float(above=0),
     "total_timeout": Float(above=0),
     "drain_grace": Float(min=0),
+    "keepalive_expiry": Float(min=0),  # idle pooled connections close (workers/http_pool.py)
     "trust_env": Bool(),
 }
 # OpenAI and its derivatives

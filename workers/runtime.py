@@ -18,6 +18,7 @@ import anyio
 import psutil
 import structlog
 
+from protocol import eventloop
 from protocol import messages as m
 from protocol.errors import ErrorCategory, ProtocolViolation, ProviderError
 from protocol.peer import PeerLink
@@ -414,5 +415,5 @@ def run_worker(spec: ProviderSpec, endpoint: str, **kwargs: Any) -> int:
     """Run until SIGTERM; the exit code tells the supervisor whether a restart can help."""
     runtime = WorkerRuntime(spec, endpoint, **kwargs)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(runtime.run())
+        eventloop.run(runtime.run())  # uvloop when installed
     return runtime.exit_code

@@ -222,6 +222,11 @@ class FakeServer:
         self.connections = 0  # TCP connections accepted
         self.open_connections = 0
         self.client_disconnects = 0  # clients that went away while the fake was stalled
+        # The stale keep-alive race, made certain: close this many connections, unanswered,
+        # as a request arrives on them; `close_reused` only when it is not their first one.
+        self.close_reused = 0
+        self.close_fresh = 0
+        self.closed_unanswered = 0
         self.port = 0
         self._cond = threading.Condition()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -302,8 +307,9 @@ class FakeServer:
         self._tasks.add(task)
         self._changed(lambda: self._count(+1, accepted=True))
         try:
-            while await self._exchange(reader, writer):
-                pass
+            served = 0
+            while await self._exchange(reader, writer, served):
+                served += 1
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         except asyncio.CancelledError:
@@ -313,6 +319,16 @@ class FakeServer:
             self._changed(lambda: self._count(-1))
             writer.transport.abort()
 
+    def _close_unanswered(self, reused: bool) -> bool:
+        with self._cond:
+            which = "close_reused" if reused else "close_fresh"
+            if getattr(self, which) <= 0:
+                return False
+            setattr(self, which, getattr(self, which) - 1)
+            self.closed_unanswered += 1
+            self._cond.notify_all()
+            return True
+
     def _client_went_away(self) -> None:
         self.client_disconnects += 1
 
@@ -321,11 +337,15 @@ class FakeServer:
         if accepted:
             self.connections += 1
 
-    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    async def _exchange(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, served: int
+    ) -> bool:
         """One request/response; False when the connection must end."""
         try:
             head = await reader.readuntil(b"\r\n\r\n")
         except asyncio.IncompleteReadError:
+            return False
+        if self._close_unanswered(reused=served > 0):
             return False
         lines = head.decode("latin-1").split("\r\n")
         method, path, version = lines[0].split(" ", 2)

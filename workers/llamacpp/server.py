@@ -15,18 +15,22 @@ import secrets
 import signal
 import time
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 import structlog
 
-from workers.llamacpp.binary import ServerBinary
+from workers.llamacpp.server_config import (
+    NO_REPACK,
+    REPACK_FLAGS,
+    ServerConfig,
+    ServerFailed,
+    ServerState,
+)
 from workers.procutil import RestartBudget, die_with_parent_preexec, free_port, signal_group
+
+__all__ = ["LlamaServer", "ServerConfig", "ServerFailed", "ServerState"]
 
 log = structlog.get_logger("llmrelay.llamacpp")
 
@@ -34,97 +38,7 @@ HOST = "127.0.0.1"
 API_KEY_ENV = "LLAMA_API_KEY"  # llama-server reads --api-key from this variable
 _LEVEL = re.compile(r"^\s*[\d.]+\s+([DIWE])\s")  # "0.00.025.183 E srv ..."
 _BAD = re.compile(r"error|failed|cannot|abort|exception|terminate", re.IGNORECASE)
-# Flags the supervisor owns: overriding them could expose the server or break supervision.
-MANAGED_FLAGS = frozenset(
-    {"--host", "--port", "--api-key", "--api-key-file", "-m", "--model", "-np", "--parallel"}
-)
 _BIND = re.compile(r"bind|address already in use", re.IGNORECASE)
-
-
-class ServerState(StrEnum):
-    STOPPED = "stopped"
-    STARTING = "starting"
-    READY = "ready"
-    RESTARTING = "restarting"
-    FAILED = "failed"  # gave up: bad model, or flapping; needs an operator
-    CLOSED = "closed"
-
-
-class ServerFailed(RuntimeError):
-    """llama-server cannot be (re)started; the message carries its last output lines."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        output: Sequence[str] = (),
-        permanent: bool = True,
-        missing_model: bool = False,
-    ) -> None:
-        self.output = list(output)
-        self.permanent = permanent  # retrying cannot help (bad model, flapping)
-        self.missing_model = missing_model
-        tail = "\n".join(self.output[-12:])
-        super().__init__(f"{message}\n--- llama-server output ---\n{tail}" if tail else message)
-
-
-def _num(options: dict[str, Any], name: str, default: float) -> float:
-    value = options.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ValueError(f"options.{name} must be a non-negative number, got {value!r}")
-    return float(value)
-
-
-@dataclass(slots=True)
-class ServerConfig:
-    binary: ServerBinary
-    model: Path
-    parallel: int = 1  # --parallel: slots = concurrent generations = spec.capacity
-    ctx_size: int | None = None  # total context, shared between slots (None: the model's)
-    n_gpu_layers: int | str | None = None
-    extra_args: list[str] = field(default_factory=list)
-    load_timeout: float = 300.0  # seconds /health may answer 503 (model loading)
-    health_interval: float = 2.0  # seconds between liveness probes
-    health_timeout: float = 2.0  # a probe slower than this counts as a failure (hang)
-    health_failures: int = 3  # consecutive failed probes before a restart
-    backoff_initial: float = 0.5
-    backoff_max: float = 30.0
-    max_restarts: int = 5  # more restarts than this within restart_window: give up
-    restart_window: float = 60.0
-    stop_timeout: float = 5.0  # SIGTERM grace before SIGKILL
-
-    @classmethod
-    def from_options(
-        cls, binary: ServerBinary, options: dict[str, Any], parallel: int
-    ) -> ServerConfig:
-        model = options.get("model_path") or options.get("model")
-        if not model or not isinstance(model, str):
-            raise ValueError("options.model_path (the GGUF file) is required for llamacpp")
-        extra = options.get("extra_args", [])
-        if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
-            raise ValueError("options.extra_args must be a list of strings")
-        managed = sorted({a.split("=", 1)[0] for a in extra} & MANAGED_FLAGS)
-        if managed:
-            raise ValueError(f"options.extra_args may not set {managed}: the worker manages them")
-        ctx = options.get("ctx_size")
-        ngl = options.get("n_gpu_layers")
-        return cls(
-            binary=binary,
-            model=Path(model).expanduser(),
-            parallel=max(1, int(parallel)),
-            ctx_size=None if ctx is None else int(ctx),
-            n_gpu_layers=ngl if isinstance(ngl, str) or ngl is None else int(ngl),
-            extra_args=list(extra),
-            load_timeout=_num(options, "load_timeout", 300.0),
-            health_interval=_num(options, "health_interval", 2.0),
-            health_timeout=_num(options, "health_timeout", 2.0),
-            health_failures=max(1, int(_num(options, "health_failures", 3))),
-            backoff_initial=_num(options, "restart_backoff", 0.5),
-            backoff_max=_num(options, "restart_backoff_max", 30.0),
-            max_restarts=int(_num(options, "max_restarts", 5)),
-            restart_window=_num(options, "restart_window", 60.0),
-            stop_timeout=_num(options, "stop_timeout", 5.0),
-        )
 
 
 class LlamaServer:
@@ -138,6 +52,7 @@ class LlamaServer:
         self.error: str | None = None  # why we are FAILED
         self.restarts = 0
         self.generation = 0  # bumped on every launch; a job can tell the server changed
+        self.no_repack = False  # set after the server died of a signal loading repacked weights
         self.proc: asyncio.subprocess.Process | None = None
         self.output: deque[str] = deque(maxlen=40)  # recent lines, for error messages
         self._ps: psutil.Process | None = None
@@ -168,7 +83,8 @@ class LlamaServer:
             args += ["--ctx-size", str(c.ctx_size)]
         if c.n_gpu_layers is not None:
             args += ["--n-gpu-layers", str(c.n_gpu_layers)]
-        return args + list(c.extra_args)
+        args += list(c.extra_args)
+        return [*args, NO_REPACK] if self.no_repack else args
 
     async def start(self) -> None:
         """Launch and wait until ready; ServerFailed if the model cannot be served."""
@@ -273,11 +189,26 @@ class LlamaServer:
                 return
             except ServerFailed as exc:
                 await self._kill()
+                if self._retry_without_repack(exc):
+                    continue
                 if not any(_BIND.search(line) for line in exc.output):
                     raise
                 self.log.warning("llama_server_port_taken", port=self.port)
                 self.port = 0
         raise ServerFailed("llama-server could not bind a port", output=list(self.output))
+
+    def _retry_without_repack(self, exc: ServerFailed) -> bool:
+        """Died of a signal while loading, with repacking on by default: try once without."""
+        chosen = {a.split("=", 1)[0] for a in self.config.extra_args} & REPACK_FLAGS
+        if exc.killed_by is None or self.no_repack or chosen:
+            return False
+        self.no_repack = True
+        self.log.warning(
+            "llama_server_repack_crashed",
+            signal=exc.killed_by,
+            action=f"starting again with {NO_REPACK}; pass --repack in extra_args to insist",
+        )
+        return True
 
     async def _launch(self) -> None:
         argv = self.argv()
@@ -351,6 +282,7 @@ class LlamaServer:
                     f"llama-server exited with code {proc.returncode} while loading "
                     f"{str(self.config.model)!r}",
                     output=list(self.output),
+                    killed_by=-proc.returncode if proc.returncode < 0 else None,
                 )
             status = await self._health()
             if status == 200:

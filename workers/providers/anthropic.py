@@ -30,9 +30,9 @@ from workers.http import (
     StreamError,
     StreamMapper,
     load_json,
-    network_error,
     usage,
 )
+from workers.http_pool import network_error
 from workers.ratelimit import ANTHROPIC
 
 SCHEMA = SCHEMAS["anthropic"]
