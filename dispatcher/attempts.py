@@ -17,8 +17,14 @@ from dispatcher.routing import Candidate
 from dispatcher.scheduling import Scheduler
 from dispatcher.worker_book import WorkerBook
 from protocol import messages as m
-from protocol.errors import FAILURE_CLASSES, ErrorCategory, HealthScope, ProviderError
-from protocol.result_schema import BrokerFields
+from protocol.errors import (
+    FAILURE_CLASSES,
+    ErrorCategory,
+    HealthScope,
+    ProtocolViolation,
+    ProviderError,
+)
+from protocol.result_schema import BrokerFields, RateLimits, WorkerResult
 
 
 class AttemptOutcomes:
@@ -52,7 +58,8 @@ class AttemptOutcomes:
 
     # --- success --------------------------------------------------------------------------
 
-    def done(self, worker: WorkerState, msg: m.Completed, now: float) -> None:
+    def done(self, worker: WorkerState, msg: m.Completed, report: WorkerResult, now: float) -> None:
+        """`report`: the worker's `done.result`, decoded once at the edge (core)."""
         js = self._current(worker, msg.job_id, msg.attempt)
         if js is None:
             return
@@ -61,10 +68,10 @@ class AttemptOutcomes:
         for entry in self.health.pair(js.candidate.provider, js.candidate.model):
             if entry.record_success(latency):
                 self.log.info("circuit_closed", provider=entry.key)
-        self._learn_usage(js, msg.result)
-        self._learn_limits(js.candidate.provider, msg.result.get("ratelimit"), now)
+        self._learn_usage(js, report.usage)
+        self._learn_limits(js.candidate.provider, report.ratelimit, now)
         js.trail.append(Attempt(js.attempt, js.candidate.provider, js.candidate.model, "ok"))
-        priced = self.pricing(js.candidate, msg.result.get("usage"))
+        priced = self.pricing(js.candidate, report.usage)
         added: BrokerFields = {
             "provider": js.candidate.provider,
             "candidate": str(js.candidate),
@@ -80,7 +87,8 @@ class AttemptOutcomes:
             added["dropped"] = js.notes["dropped"]
         if "detected" in js.notes:
             added["detected"] = js.notes["detected"]
-        result: dict[str, Any] = {**msg.result, **added}  # worker keys pass through
+        # The worker's map as it came: `report` was decoded from it, every key and value checked.
+        result: dict[str, Any] = {**msg.result, **added}
         done = m.Completed(job_id=js.id, attempt=js.attempt, frames=msg.frames, result=result)
         self.scheduler.finish(js, done, msg.frames)
         self.scheduler.totals["done"] += 1
@@ -94,19 +102,18 @@ class AttemptOutcomes:
             latency=round(now - js.submitted, 4),
         )
 
-    def _learn_usage(self, js: JobState, result: dict[str, Any]) -> None:
+    def _learn_usage(self, js: JobState, usage: dict[str, float]) -> None:
         """Charge the tokens actually used to the provider's tokens-per-minute budget."""
         assert js.candidate is not None
         pacer = self.pacers.get(js.candidate.provider)
-        usage = result.get("usage") or {}
         total = usage.get("total_tokens")
-        if pacer is not None and isinstance(total, int | float):
+        if pacer is not None and total is not None:
             pacer.settle(js.est_tokens, float(total))
 
-    def _learn_limits(self, provider: str, limits: Any, now: float) -> None:
+    def _learn_limits(self, provider: str, limits: RateLimits | None, now: float) -> None:
         """Learn from the rate-limit headers a worker reported (absent for most providers)."""
         pacer = self.pacers.get(provider)
-        if pacer is None or not limits or not isinstance(limits, dict):
+        if pacer is None or limits is None:
             return
         inflight, inflight_tokens = self.workers.inflight(provider)
         if pacer.learn(limits, now, inflight=inflight, inflight_tokens=inflight_tokens):
@@ -114,13 +121,23 @@ class AttemptOutcomes:
 
     # --- failure --------------------------------------------------------------------------
 
-    def failed(self, worker: WorkerState, msg: m.Failed, error: ProviderError, now: float) -> None:
-        """`error`: the worker's error map, decoded once at the edge (worker_error)."""
+    def failed(
+        self,
+        worker: WorkerState,
+        msg: m.Failed | m.Completed,
+        error: ProviderError,
+        limits: RateLimits | None,
+        now: float,
+    ) -> None:
+        """`error` and `limits`: the worker's report, decoded once at the edge (worker_error,
+        or a malformed `done` as a protocol error)."""
         js = self._current(worker, msg.job_id, msg.attempt)
         if js is not None:
-            self.attempt_failed(js, error, now)
+            self.attempt_failed(js, error, now, limits)
 
-    def attempt_failed(self, js: JobState, error: ProviderError, now: float) -> None:
+    def attempt_failed(
+        self, js: JobState, error: ProviderError, now: float, limits: RateLimits | None = None
+    ) -> None:
         assert js.candidate is not None
         provider, model = js.candidate.provider, js.candidate.model
         error.provider = provider  # what the broker dispatched to, whatever the worker said
@@ -137,7 +154,7 @@ class AttemptOutcomes:
             )
         )
         js.last_error = error
-        self._learn_limits(provider, error.ratelimit, now)
+        self._learn_limits(provider, limits, now)
         self._record_failure(provider, model, category, retry_after, now)
         if js.finished:
             return
@@ -199,15 +216,28 @@ class AttemptOutcomes:
             self.pacers[provider].pause(now + (retry_after or 1.0))
 
 
-def worker_error(wire: dict[str, Any]) -> ProviderError:
-    """A worker's `failed.error` map as a ProviderError, read once where it enters the broker.
+def worker_error(wire: dict[str, Any]) -> tuple[ProviderError, RateLimits | None]:
+    """A worker's `failed.error` map as a ProviderError and its rate-limit report, read once
+    where it enters the broker.
 
     A category this version does not know reads as protocol; a retry_after that is not a
     sane number is dropped (and a huge one capped); a status_code that is not an int too.
+    A malformed rate-limit report makes the failure a protocol error naming the field.
     """
     error = ProviderError.from_wire(wire)
     error.retry_after = bounded_retry_after(error.retry_after)
     code = error.status_code
     if isinstance(code, bool) or not isinstance(code, int):
         error.status_code = None
-    return error
+    report = wire.get("ratelimit")
+    if report is None:
+        return error, None
+    try:
+        return error, RateLimits.from_wire(report, "failed.error.ratelimit")
+    except ProtocolViolation as exc:
+        return malformed_report(exc, f" (it reported {error})"), None
+
+
+def malformed_report(exc: ProtocolViolation, also: str = "") -> ProviderError:
+    """A worker's report that does not decode: the attempt fails as a protocol error."""
+    return ProviderError(ErrorCategory.PROTOCOL, f"malformed worker report: {exc}{also}")

@@ -15,7 +15,7 @@ from typing import Protocol
 import structlog
 
 from dispatcher import status
-from dispatcher.attempts import AttemptOutcomes, worker_error
+from dispatcher.attempts import AttemptOutcomes, malformed_report, worker_error
 from dispatcher.catalog_service import CatalogService
 from dispatcher.config import Config
 from dispatcher.health import CircuitPolicy, HealthBook
@@ -27,7 +27,8 @@ from dispatcher.routing import resolve
 from dispatcher.scheduling import Scheduler
 from dispatcher.worker_book import WorkerBook
 from protocol import messages as m
-from protocol.errors import ErrorCategory, ProviderError
+from protocol.errors import ErrorCategory, ProtocolViolation, ProviderError
+from protocol.result_schema import WorkerResult
 from workers.registry import static_features
 
 log = structlog.get_logger("llmrelay.broker")
@@ -215,9 +216,10 @@ class BrokerCore:
         if isinstance(msg, m.Heartbeat):
             worker.stats = msg.stats
         elif isinstance(msg, m.Completed):
-            self.outcomes.done(worker, msg, now)
+            self._completed(worker, msg, now)
         elif isinstance(msg, m.Failed):
-            self.outcomes.failed(worker, msg, worker_error(msg.error), now)
+            failure, limits = worker_error(msg.error)
+            self.outcomes.failed(worker, msg, failure, limits, now)
         elif isinstance(msg, m.TokenCount):
             self.catalog.counted(msg)
         elif isinstance(msg, m.Disconnect):
@@ -226,6 +228,16 @@ class BrokerCore:
         elif not isinstance(msg, m.Pong):
             error = m.Error(message=f"unexpected message type {msg.TYPE!r}")
             self.outbox.to_worker(identity, error)
+
+    def _completed(self, worker: WorkerState, msg: m.Completed, now: float) -> None:
+        """Decode the worker's result once, here: the core works on checked values only."""
+        try:
+            report = WorkerResult.from_wire(msg.result)
+        except ProtocolViolation as exc:
+            self.log.warning("malformed_worker_report", worker=worker.label, error=str(exc))
+            self.outcomes.failed(worker, msg, malformed_report(exc), None, now)
+            return
+        self.outcomes.done(worker, msg, report, now)
 
     def tick(self, now: float) -> None:
         """Periodic work: worker liveness (ping or declare lost) and job deadlines."""

@@ -14,7 +14,8 @@ import sys
 
 import structlog
 
-from workers.procutil import CONFIG_ERROR, RestartBudget, die_with_parent_preexec, signal_group
+from dispatcher.supervisor import RestartState
+from workers.procutil import RestartBudget, die_with_parent_preexec, signal_group
 
 log = structlog.get_logger("llmrelay.gateway_process")
 
@@ -31,11 +32,8 @@ class GatewayProcess:
             "--broker",
             broker_endpoint.replace("0.0.0.0", "127.0.0.1"),
         ]
-        self.budget = budget
+        self.restarts = RestartState(budget)  # never healthy(): every exit counts
         self.proc: subprocess.Popen[bytes] | None = None
-        self.next_start = 0.0
-        self.failures = 0
-        self.gave_up = False
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
@@ -45,7 +43,7 @@ class GatewayProcess:
 
     def poll(self, now: float) -> None:
         """From the broker's tick: notice an exit, restart after the backoff."""
-        if self.gave_up:
+        if self.restarts.gave_up:
             return
         if self.proc is not None:
             code = self.proc.poll()
@@ -54,14 +52,11 @@ class GatewayProcess:
             signal_group(self.proc.pid, signal.SIGKILL)
             log.warning("gateway_process_exited", pid=self.proc.pid, returncode=code)
             self.proc = None
-            self.failures += 1
-            if code == CONFIG_ERROR or self.budget.flapping(now):
-                self.gave_up = True
-                log.error("gateway_process_given_up", returncode=code)
+            why = self.restarts.exited(code, now)
+            if why is not None:
+                log.error("gateway_process_given_up", returncode=code, reason=why)
                 return
-            self.next_start = now + self.budget.delay(self.failures)
-        if now >= self.next_start:
-            self.budget.record(now)
+        if self.restarts.start_due(now):
             self.start()
 
     def stop(self, grace: float = 5.0) -> None:

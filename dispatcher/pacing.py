@@ -1,17 +1,17 @@
 """Requests- and tokens-per-minute pacing per provider, so a batch does not become a 429 storm.
 
 Token buckets refill continuously; a rate_limited answer with retry-after pauses the provider.
-Rate-limit headers the workers report (workers/ratelimit.py) are learnt in `Pacer.learn`:
+Rate-limit headers the workers report (workers/ratelimit.py), decoded once where they enter
+the broker (protocol.result_schema.RateLimits), are learnt in `Pacer.learn`:
 an exhausted budget pauses the provider until its reset, and a reported limit becomes the
 bucket size when the config sets none.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+
+from protocol.result_schema import RateLimits
 
 MAX_LEARNED_PAUSE = 60.0  # a reset further away (a daily quota, a skewed clock) is capped
 DEFAULT_RESET = 1.0  # pause when a budget is exhausted but no reset time was given
@@ -40,14 +40,6 @@ class Bucket:
 def _start(limit: float, now: float) -> Bucket:
     # Start with a small burst, not a full minute's worth at once.
     return Bucket(limit, min(limit, max(1.0, limit / 10)), now)
-
-
-def _number(value: Any) -> float | None:
-    """A finite non-negative number from the wire, else None (a worker may send anything)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) and number >= 0 else None
 
 
 class Pacer:
@@ -85,7 +77,7 @@ class Pacer:
 
     def learn(
         self,
-        limits: Mapping[str, Any],
+        limits: RateLimits,
         now: float,
         *,
         inflight: int = 0,
@@ -97,19 +89,18 @@ class Pacer:
         this provider. A remaining budget below them (or at 0) pauses until its reset.
         """
         changed = False
-        for kind, in_use in (
-            ("requests", float(inflight)),
-            ("tokens", inflight_tokens),
-            ("input_tokens", 0.0),
-            ("output_tokens", 0.0),
+        for budget, in_use in (
+            (limits.requests, float(inflight)),
+            (limits.tokens, inflight_tokens),
+            (limits.input_tokens, 0.0),
+            (limits.output_tokens, 0.0),
         ):
-            remaining = _number(limits.get(f"{kind}_remaining"))
-            if remaining is not None and remaining < max(1.0, in_use):
-                reset = _number(limits.get(f"{kind}_reset"))
-                wait = DEFAULT_RESET if reset is None else reset
+            if budget.remaining is not None and budget.remaining < max(1.0, in_use):
+                wait = DEFAULT_RESET if budget.reset is None else budget.reset
                 self.pause(now + min(wait, MAX_LEARNED_PAUSE))
-        for index, kind in enumerate(("requests", "tokens")):
-            limit = _number(limits.get(f"{kind}_limit"))
+        for index, (kind, limit) in enumerate(
+            (("requests", limits.requests.limit), ("tokens", limits.tokens.limit))
+        ):
             if limit is None or limit < 1 or self.configured[index]:
                 continue
             bucket: Bucket | None = getattr(self, kind)

@@ -26,16 +26,57 @@ from workers.spec import ProviderSpec
 log = structlog.get_logger("llmrelay.supervisor")
 
 
+CONFIG = "config_error"  # why a child is given up on: it exited with CONFIG_ERROR
+FLAPPING = "flapping"  # or it kept dying
+
+
+@dataclass(slots=True)
+class RestartState:
+    """One supervised child's restarts: the rule both of the broker's supervisors follow when
+    a child exits (the workers here, the gateway in dispatcher/gateway_process.py)."""
+
+    budget: RestartBudget
+    max_failures: int | None = None  # this many exits without `healthy()` also mean flapping
+    failures: int = 0  # exits since the child last proved healthy
+    next_start: float = 0.0
+    delay: float = 0.0  # the backoff before the pending restart (0 once healthy)
+    gave_up: bool = False
+
+    def exited(self, code: int, now: float) -> str | None:
+        """Count one exit and schedule the restart; or why the child is given up on."""
+        if code == CONFIG_ERROR:  # restarting would only repeat it
+            self.gave_up = True
+            return CONFIG
+        self.failures += 1
+        # Fast loops trip the window; slow ones (a server that fails after a long load) trip
+        # the count of exits without ever becoming healthy in between.
+        if self.budget.flapping(now) or (
+            self.max_failures is not None and self.failures > self.max_failures
+        ):
+            self.gave_up = True
+            return FLAPPING
+        self.delay = self.budget.delay(self.failures)
+        self.next_start = now + self.delay
+        return None
+
+    def start_due(self, now: float) -> bool:
+        """True, and the restart counted, when the child (not running) should start now."""
+        if self.gave_up or now < self.next_start:
+            return False
+        self.budget.record(now)
+        return True
+
+    def healthy(self) -> None:
+        self.failures = 0
+        self.delay = 0.0
+
+
 @dataclass(slots=True)
 class Managed:
     spec: ProviderSpec
     replica: int
-    budget: RestartBudget
+    restarts: RestartState  # its failures: exits since the worker last registered
     proc: subprocess.Popen[bytes] | None = None
-    next_start: float = 0.0
-    backoff: float = 0.0  # the delay before the pending restart (0 once it registered)
-    gave_up: bool = False
-    exits_unready: int = 0  # exits since the worker last registered with the broker
 
     @property
     def label(self) -> str:
@@ -63,7 +104,14 @@ class Supervisor:
         self.flap_window = flap_window
         self.heartbeat_interval = heartbeat_interval
         self.managed = [
-            Managed(spec, replica, RestartBudget(backoff, backoff_max, flap_restarts, flap_window))
+            Managed(
+                spec,
+                replica,
+                RestartState(
+                    RestartBudget(backoff, backoff_max, flap_restarts, flap_window),
+                    max_failures=2 * flap_restarts,
+                ),
+            )
             for spec in specs
             if spec.spawn
             for replica in range(spec.replicas)
@@ -102,7 +150,8 @@ class Supervisor:
         """
         exited: list[int] = []
         for item in self.managed:
-            if item.gave_up:
+            restarts = item.restarts
+            if restarts.gave_up:
                 continue
             if item.proc is not None:
                 code = item.proc.poll()
@@ -112,36 +161,28 @@ class Supervisor:
                 log.warning("worker_exited", worker=item.label, pid=item.proc.pid, returncode=code)
                 exited.append(item.proc.pid)
                 item.proc = None
-                if code == CONFIG_ERROR:
-                    item.gave_up = True
+                why = restarts.exited(code, now)
+                if why == CONFIG:
                     log.error("worker_config_error", worker=item.label, returncode=code)
                     continue
-                item.exits_unready += 1
-                # Fast loops trip the window; slow ones (a server that fails after a long
-                # load) trip the count of exits without ever registering in between.
-                if item.budget.flapping(now) or item.exits_unready > 2 * self.flap_restarts:
-                    item.gave_up = True
+                if why == FLAPPING:
                     log.error(
                         "worker_flapping",
                         worker=item.label,
-                        restarts=item.budget.recent(now),
+                        restarts=restarts.budget.recent(now),
                         window=self.flap_window,
                     )
                     continue
-                item.backoff = item.budget.delay(item.exits_unready)
-                item.next_start = now + item.backoff
-            if now >= item.next_start:
-                item.budget.record(now)
+            if restarts.start_due(now):
                 self._start(item)
-                log.info("worker_restarted", worker=item.label, backoff=item.backoff)
+                log.info("worker_restarted", worker=item.label, backoff=restarts.delay)
         return exited
 
     def mark_healthy(self, pid: int) -> None:
         """A worker that registered is no longer in a crash loop: reset its backoff."""
         for item in self.managed:
             if item.proc is not None and item.proc.pid == pid:
-                item.backoff = 0.0
-                item.exits_unready = 0
+                item.restarts.healthy()
 
     def kill(self, pid: int) -> bool:
         """Kill a hung managed worker (and its group); poll() then restarts it."""
@@ -156,8 +197,8 @@ class Supervisor:
             {
                 "worker": item.label,
                 "pid": item.proc.pid if item.proc else None,
-                "restarts": len(item.budget.times),
-                "gave_up": item.gave_up,
+                "restarts": len(item.restarts.budget.times),
+                "gave_up": item.restarts.gave_up,
             }
             for item in self.managed
         ]

@@ -26,8 +26,17 @@ from dispatcher.retry import RetryPolicy
 from protocol import messages as m
 from protocol.client import build_job
 from protocol.errors import ErrorCategory, ProviderError
+from protocol.result_schema import WorkerResult
 
 START = 1000.0  # the fake clock's first reading (any value: the core only takes differences)
+
+
+def stop_result(model: str) -> dict[str, Any]:
+    """A worker's `done.result` for a plain stop: every required field, nothing else."""
+    plain = WorkerResult(
+        finish_reason="stop", usage={}, model=model, worker_latency=0.0, worker_ttft=None
+    )
+    return plain.to_wire()
 
 
 @dataclass
@@ -248,9 +257,14 @@ class CoreHarness:
         self.pump()
 
     def done(self, worker: FakeWorker, job_id: str, **result: Any) -> None:
+        """Report the job's current attempt succeeded: a worker's whole `done.result`, the
+        fields given as keywords over those of a plain stop (protocol.result_schema)."""
         attempt = worker.attempt_of(job_id)
         frames = self._seq[(job_id, attempt)]
-        msg = m.Completed(job_id=job_id, attempt=attempt, frames=frames, result=result)
+        model = [d.model for d in worker.dispatches() if d.job.id == job_id][-1]
+        report = stop_result(model)
+        report.update(result)
+        msg = m.Completed(job_id=job_id, attempt=attempt, frames=frames, result=report)
         self.core.worker_message(worker.identity, msg, (), self.now)
         self.pump()
 

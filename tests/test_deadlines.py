@@ -11,7 +11,7 @@ import structlog
 from dispatcher.deadlines import MIN_COMPACT, DeadlineHeap
 from protocol import messages as m
 from protocol.client import build_job
-from tests.core_harness import CoreHarness
+from tests.core_harness import CoreHarness, stop_result
 
 
 def test_heap_stays_small_after_100k_finished_jobs() -> None:
@@ -66,7 +66,7 @@ def test_broker_deadline_heap_after_100k_finished_jobs() -> None:
         job = build_job(model="p:m", prompt="x", job_id=f"job-{i}")
         core.client_message(b"client-1", m.Submit(job=job), h.now)
         core.dispatch_pending(h.now)
-        done = m.Completed(job_id=job.id, attempt=1, frames=0)
+        done = m.Completed(job_id=job.id, attempt=1, frames=0, result=stop_result("m"))
         core.worker_message(worker.identity, done, (), h.now)
         core.outbox.take()
     assert core.scheduler.totals["done"] == 100_000

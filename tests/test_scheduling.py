@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from dispatcher.catalog_service import build_catalog
@@ -11,7 +13,8 @@ from dispatcher.pacing import Pacer
 from dispatcher.queues import FairQueue
 from dispatcher.routing import Candidate, resolve
 from protocol.client import build_job
-from protocol.errors import ErrorCategory, ProviderError
+from protocol.errors import ErrorCategory, ProtocolViolation, ProviderError
+from protocol.result_schema import RateLimits
 
 
 def test_fair_queue_interleaves_clients_and_honours_priority() -> None:
@@ -81,57 +84,70 @@ def test_pacer_tokens_per_minute() -> None:
     assert pacer.wait_for(200, 0.0) == pytest.approx(2.0)
 
 
+def limits(wire: dict[str, float]) -> RateLimits:
+    """A worker's rate-limit report as the broker's edge decodes it."""
+    return RateLimits.from_wire(wire, "ratelimit")
+
+
 def test_pacer_learns_an_exhausted_budget_as_a_pause_until_reset() -> None:
     pacer = Pacer(rpm=None, tpm=None, now=0.0)
-    assert not pacer.learn({"requests_remaining": 5, "requests_reset": 9.0}, 0.0)
+    assert not pacer.learn(limits({"requests_remaining": 5, "requests_reset": 9.0}), 0.0)
     assert pacer.wait_for(1, 0.0) == 0.0  # budget left: no pause
-    assert not pacer.learn({"requests_remaining": 0, "requests_reset": 2.5}, 1.0)
+    assert not pacer.learn(limits({"requests_remaining": 0, "requests_reset": 2.5}), 1.0)
     assert pacer.wait_for(1, 1.0) == pytest.approx(2.5)
     assert pacer.wait_for(1, 3.5) == 0.0
     # Remaining below what is already in flight: pause too (here without a reset: 1 s).
-    pacer.learn({"requests_remaining": 2}, 10.0, inflight=3)
+    pacer.learn(limits({"requests_remaining": 2}), 10.0, inflight=3)
     assert pacer.wait_for(1, 10.0) == pytest.approx(1.0)
-    pacer.learn({"tokens_remaining": 500, "tokens_reset": 4.0}, 20.0, inflight_tokens=800.0)
+    pacer.learn(limits({"tokens_remaining": 500, "tokens_reset": 4.0}), 20.0, inflight_tokens=800.0)
     assert pacer.wait_for(1, 20.0) == pytest.approx(4.0)
-    pacer.learn({"output_tokens_remaining": 0, "output_tokens_reset": 3.0}, 30.0)
+    pacer.learn(limits({"output_tokens_remaining": 0, "output_tokens_reset": 3.0}), 30.0)
     assert pacer.wait_for(1, 30.0) == pytest.approx(3.0)
     # A far reset (a daily quota, a skewed clock) is capped.
-    pacer.learn({"requests_remaining": 0, "requests_reset": 86400.0}, 40.0)
+    pacer.learn(limits({"requests_remaining": 0, "requests_reset": 86400.0}), 40.0)
     assert pacer.wait_for(1, 40.0) == pytest.approx(60.0)
 
 
 def test_pacer_adopts_reported_limits_only_without_config() -> None:
     pacer = Pacer(rpm=None, tpm=None, now=0.0)
     assert pacer.learned() == {"rpm": None, "tpm": None}
-    assert pacer.learn({"requests_limit": 60, "tokens_limit": 6000}, 0.0)
+    assert pacer.learn(limits({"requests_limit": 60, "tokens_limit": 6000}), 0.0)
     assert pacer.learned() == {"rpm": 60.0, "tpm": 6000.0}
     # Pacing now works as if configured: a burst of 6 requests, then one per second.
     for _ in range(6):
         assert pacer.wait_for(1, 0.0) == 0.0
         pacer.take(1, 0.0)
     assert pacer.wait_for(1, 0.0) == pytest.approx(1.0)
-    assert not pacer.learn({"requests_limit": 60, "tokens_limit": 6000}, 0.5)  # unchanged
-    assert pacer.learn({"requests_limit": 120}, 1.0)  # the provider raised it
+    assert not pacer.learn(limits({"requests_limit": 60, "tokens_limit": 6000}), 0.5)  # unchanged
+    assert pacer.learn(limits({"requests_limit": 120}), 1.0)  # the provider raised it
     assert pacer.learned()["rpm"] == 120.0
     configured = Pacer(rpm=30, tpm=None, now=0.0)
-    assert configured.learn({"requests_limit": 5000, "tokens_limit": 9000}, 0.0)
+    assert configured.learn(limits({"requests_limit": 5000, "tokens_limit": 9000}), 0.0)
     assert configured.learned() == {"rpm": 30.0, "tpm": 9000.0}  # config wins for rpm
 
 
 @pytest.mark.parametrize(
-    "garbage",
+    ("garbage", "named"),
     [
-        {"requests_limit": "60", "requests_remaining": "0"},
-        {"requests_limit": -5, "requests_remaining": -1},
-        {"requests_limit": float("nan"), "requests_remaining": float("inf")},
-        {"requests_limit": True, "requests_remaining": False},
-        {"requests_limit": 0.5, "requests_remaining": None, "requests_reset": 3.0},
-        {"unknown": 0},
+        ({"requests_limit": "60", "requests_remaining": "0"}, "ratelimit.requests_limit"),
+        ({"requests_limit": -5, "requests_remaining": -1}, "ratelimit.requests_limit"),
+        ({"requests_remaining": float("inf")}, "ratelimit.requests_remaining"),
+        ({"requests_limit": float("nan")}, "ratelimit.requests_limit"),
+        ({"requests_limit": True, "requests_remaining": False}, "ratelimit.requests_limit"),
+        ({"requests_remaining": None, "requests_reset": 3.0}, "ratelimit.requests_remaining"),
+        ({"unknown": 0}, "ratelimit: unknown field(s) ['unknown']"),
     ],
 )
-def test_pacer_ignores_garbage_from_the_wire(garbage: dict[str, object]) -> None:
+def test_garbage_from_the_wire_is_rejected_before_the_pacer(
+    garbage: dict[str, object], named: str
+) -> None:
+    with pytest.raises(ProtocolViolation, match=re.escape(named)):
+        RateLimits.from_wire(garbage, "ratelimit")
+
+
+def test_pacer_ignores_a_limit_below_one() -> None:
     pacer = Pacer(rpm=None, tpm=None, now=0.0)
-    assert not pacer.learn(garbage, 0.0)
+    assert not pacer.learn(limits({"requests_limit": 0.5, "requests_reset": 3.0}), 0.0)
     assert pacer.wait_for(1, 0.0) == 0.0
     assert pacer.learned() == {"rpm": None, "tpm": None}
 
@@ -222,6 +238,6 @@ def test_supervisor_gives_up_on_slow_crash_loops() -> None:
         item.proc.wait()
         now += 100.0
         sup.poll(now)
-        if item.gave_up:
+        if item.restarts.gave_up:
             break
-    assert item.gave_up and item.exits_unready == 5
+    assert item.restarts.gave_up and item.restarts.failures == 5

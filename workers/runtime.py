@@ -22,7 +22,7 @@ from protocol import eventloop
 from protocol import messages as m
 from protocol.errors import ErrorCategory, ProtocolViolation, ProviderError
 from protocol.peer import PeerLink
-from protocol.result_schema import WorkerResult
+from protocol.result_schema import RateLimits, WorkerResult
 from protocol.transport import SocketOptions
 from workers.backend import MAX_MODEL_ID, MAX_MODELS, Backend, Finish, TextDelta
 from workers.outgoing import Outgoing, RunningJob
@@ -190,20 +190,19 @@ class WorkerRuntime:
         if run.dropped:
             return
         self.done_jobs += 1
-        result: WorkerResult = {
-            "finish_reason": finish.reason,
-            "usage": finish.usage,
-            "model": finish.model or model,
-            "worker_latency": time.monotonic() - run.started,
-            "worker_ttft": first_token,
-        }
-        if finish.extra:
-            result["extra"] = finish.extra
-        if finish.ratelimit:
-            result["ratelimit"] = finish.ratelimit
+        limits = finish.ratelimit
+        result = WorkerResult(
+            finish_reason=finish.reason,
+            usage=finish.usage,
+            model=finish.model or model,
+            worker_latency=time.monotonic() - run.started,
+            worker_ttft=first_token,
+            extra=finish.extra or None,
+            ratelimit=RateLimits.from_wire(limits, "ratelimit") if limits else None,
+        )
         # frames = frames already sent + the one still buffered (sent before this message)
         frames = run.seq + (1 if run.buffer else 0)
-        wire: dict[str, Any] = {**result}
+        wire = result.to_wire()
         self._post(m.Completed(job_id=job.id, attempt=attempt, frames=frames, result=wire))
         self.log.debug("job_finished", frames=frames)
 
