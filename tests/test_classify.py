@@ -109,6 +109,7 @@ HTTP_ROWS: list[tuple[str, str, int, dict[str, str], Any, C, bool, float | None]
     ("azure-400-content-filter", "openai", 400, {}, oai("The response was filtered due to the prompt triggering Azure OpenAI's content management policy.", None, "content_filter"), C.CONTENT_FILTER, False, None),
     ("openrouter-403-moderation", "openrouter", 403, {}, orr(403, "Input was flagged", reasons=["violence"], flagged_input="..."), C.CONTENT_FILTER, False, None),
     ("openrouter-400-content-policy", "openrouter", 400, {}, orr(400, "Blocked", error_type="content_policy_violation"), C.CONTENT_FILTER, False, None),
+    ("openai-400-unsupported-parameter", "openai", 400, {}, oai("Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.", "invalid_request_error", "unsupported_parameter"), C.UNSUPPORTED, True, None),
     ("openai-400-invalid", "openai", 400, {}, oai("Invalid value for 'temperature'", "invalid_request_error", "invalid_value"), C.INVALID_REQUEST, False, None),
     ("ollama-400-no-tools", "ollama", 400, {}, {"error": "llama2:latest does not support tools"}, C.UNSUPPORTED, True, None),
     ("ollama-499-canceled", "ollama", 499, {}, {"error": "request canceled"}, C.CANCELLED, False, None),

@@ -20,7 +20,6 @@ MESSAGE = "injected failure"
 # What each category reads back as, where it is not itself. Broker-side failures (busy, no
 # provider, lost worker, ...) say nothing final about the request: the next hop retries.
 OPENAI_READS_AS = {
-    C.UNSUPPORTED: C.INVALID_REQUEST,
     C.BROKER_BUSY: C.OVERLOADED,
     C.NO_PROVIDER: C.OVERLOADED,
     C.BROKER_UNREACHABLE: C.OVERLOADED,

@@ -35,10 +35,6 @@ class ServerEvent:
     retry: int | None = None
 
 
-# The old name, still imported by workers/http.py: drop it once that import says ServerEvent.
-Event = ServerEvent
-
-
 class Decoder(Protocol):
     def feed(self, chunk: bytes) -> list[ServerEvent]: ...
 

@@ -25,7 +25,7 @@ from protocol.schema import Key
 from workers import options
 from workers.backend import MAX_MODEL_ID, MAX_MODELS, Backend, Finish, StreamEvent, TextDelta
 from workers.classify import MAX_MESSAGE, ErrorTable, classify, scrubbed
-from workers.decode import Event, Framing, StreamDecodeError, make_decoder
+from workers.decode import Framing, ServerEvent, StreamDecodeError, make_decoder
 from workers.http_pool import (
     CONNECT_TIMEOUT,
     READ_TIMEOUT,
@@ -79,7 +79,7 @@ class StreamMapper(ABC):
     done = False  # the provider's terminator was seen
 
     @abstractmethod
-    def on_event(self, event: Event) -> list[TextDelta]:
+    def on_event(self, event: ServerEvent) -> list[TextDelta]:
         """Text in this event; raise StreamError for an error event, Malformed for junk."""
 
     @abstractmethod

@@ -41,6 +41,9 @@ ERRORS = ErrorTable(
         "rate_limit_exceeded": C.RATE_LIMITED,
         "context_length_exceeded": C.CONTEXT_LENGTH,
         "model_not_found": C.NOT_FOUND,
+        # "Unsupported parameter: 'max_tokens' is not supported with this model": another
+        # candidate may take it, so fail over rather than end the job.
+        "unsupported_parameter": C.UNSUPPORTED,
         "invalid_api_key": C.AUTH,
         "content_filter": C.CONTENT_FILTER,
         "content_policy_violation": C.CONTENT_FILTER,
