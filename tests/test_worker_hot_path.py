@@ -91,13 +91,18 @@ async def test_message_arriving_during_a_send_wakes_the_receiver() -> None:
 
 
 class Burst(Backend):
-    """Yields its tokens without awaiting between them: all in one loop turn."""
+    """Yields "a" and "b" in one loop turn (like deltas parsed from one HTTP read), then takes
+    a turn of its own before "c" and another before "d" (like separate reads)."""
 
     kind = "mock"
 
     async def generate(self, job: Job, model: str, attempt: int) -> AsyncIterator[StreamEvent]:
-        for token in ("a", "b", "c", "d"):
-            yield TextDelta(token)
+        yield TextDelta("a")
+        yield TextDelta("b")
+        await asyncio.sleep(0)
+        yield TextDelta("c")
+        await asyncio.sleep(0)
+        yield TextDelta("d")
         yield Finish(reason="stop")
 
 
@@ -126,25 +131,45 @@ async def stop(rt: WorkerRuntime, task: asyncio.Task[None]) -> None:
     await asyncio.wait_for(task, 10)
 
 
+async def token_frames(broker: zmq.Socket[bytes]) -> tuple[list[tuple[int, str]], m.Completed]:
+    """The (seq, text) of every token frame the worker sends, up to its done message."""
+    texts: list[tuple[int, str]] = []
+    while True:
+        frames = await recv(broker)
+        msg = m.decode(frames[1])
+        if isinstance(msg, m.Tokens):
+            texts.append((msg.seq, frames[2].decode()))
+        elif isinstance(msg, m.Completed):
+            return texts, msg
+
+
 @run_async
-async def test_tokens_produced_in_one_loop_turn_stay_separate_frames() -> None:
-    """Nothing was in flight, so nothing is merged: the caller streams token by token."""
+async def test_text_of_one_loop_turn_is_one_frame_and_each_turn_its_own() -> None:
+    """What arrived together goes out together; nothing waits for text still to come, so a
+    delta after a pause is its own frame (streaming stays token by token when tokens trickle)."""
     with router() as (broker, endpoint):
         rt = WorkerRuntime(spec(), endpoint, backend=Burst(spec()))
         task, identity = await started(rt, broker)
         try:
-            job = mock_job()
-            broker.send_multipart([identity, dispatch(job)])
-            texts: list[tuple[int, str]] = []
-            while True:
-                frames = await recv(broker)
-                msg = m.decode(frames[1])
-                if isinstance(msg, m.Tokens):
-                    texts.append((msg.seq, frames[2].decode()))
-                elif isinstance(msg, m.Completed):
-                    break
-            assert texts == [(0, "a"), (1, "b"), (2, "c"), (3, "d")]
-            assert msg.frames == 4
+            broker.send_multipart([identity, dispatch(mock_job())])
+            texts, done = await token_frames(broker)
+            assert texts == [(0, "ab"), (1, "c"), (2, "d")]
+            assert done.frames == 3
+        finally:
+            await stop(rt, task)
+
+
+@run_async
+async def test_mock_tokens_stay_one_frame_each_without_a_delay() -> None:
+    """A scripted token_count means that many frames, even with token_delay 0."""
+    with router() as (broker, endpoint):
+        rt = WorkerRuntime(spec(token_count=5), endpoint)
+        task, identity = await started(rt, broker)
+        try:
+            broker.send_multipart([identity, dispatch(mock_job())])
+            texts, done = await token_frames(broker)
+            assert texts == [(i, f"t{i} ") for i in range(5)]
+            assert done.frames == 5
         finally:
             await stop(rt, task)
 

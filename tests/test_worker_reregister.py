@@ -58,6 +58,7 @@ class Lingering(Backend):
                 self.ended = True
                 raise
         for token in TOKENS:
+            await asyncio.sleep(0)  # a turn each: one frame per token (see outgoing.py)
             yield TextDelta(token)
         yield Finish(reason="stop")
 

@@ -1,9 +1,11 @@
 """What a worker sends to the broker, in the order it is produced.
 
-A message is sent at once when nothing is queued before it; only while a send waits for room
-(the broker is slow) do messages queue for the sender task, and text of one job that queues
-then is merged into one frame. So streaming stays token by token, and a job's token frames
-always precede its done/failed message.
+Text of a job is sent at the end of the event-loop turn that produced it, so the tokens of one
+HTTP read (a provider's burst, which httpcore hands over without a pause) go out as one frame,
+and text never waits for anything that has not already arrived. A message is sent at once when
+nothing is queued before it; only while a send waits for room (the broker is slow) do messages
+queue for the sender task, and text of one job that queues then is merged into one frame too.
+A job's token frames always precede its done/failed message.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class RunningJob:
     attempt: int
     task: asyncio.Task[None] | None = None
     buffer: list[str] = field(default_factory=list)  # text queued behind a blocked send
+    turn: list[str] = field(default_factory=list)  # text of this event-loop turn, not yet sent
     seq: int = 0  # token frames sent so far
     started: float = field(default_factory=time.monotonic)
     # Set when the broker forgot us (WorkerRuntime._drop_all): the attempt is no longer ours
@@ -39,21 +42,49 @@ class Outgoing:
         self.link = link
         self.queue: deque[tuple[str, Any]] = deque()  # ("msg", frames) or ("tokens", run)
         self.ready = asyncio.Event()
+        self.turn: list[RunningJob] = []  # jobs with text from this loop turn (see push_text)
 
     def clear(self) -> None:
         self.queue.clear()
+        for run in self.turn:
+            run.turn.clear()
+        self.turn.clear()
 
     def _send_now(self, frames: list[bytes]) -> bool:
         """Send at once if nothing is queued before it and the socket has room."""
         return not self.queue and self.link.try_send(frames)
 
     def post(self, msg: m.Message) -> None:
+        self.end_turn()  # text produced before this message goes before it
         frames = [msg.encode()]
         if not self._send_now(frames):
             self.queue.append(("msg", frames))
             self.ready.set()
 
     def push_text(self, run: RunningJob, text: str) -> None:
+        """Send `text` at the end of this loop turn, merged with the job's other text of it.
+
+        One call_soon per turn, not per token: a backend that yields several deltas without
+        awaiting anything (all parsed from one read) fills one frame; one that awaits between
+        deltas (a real pause, or the mock) gets a frame per delta, as before.
+        """
+        if run.dropped:
+            return
+        if not self.turn:
+            asyncio.get_running_loop().call_soon(self.end_turn)
+        if not run.turn:
+            self.turn.append(run)
+        run.turn.append(text)
+
+    def end_turn(self) -> None:
+        """Send (or queue) the text of this loop turn; callers about to count frames call it."""
+        turn, self.turn = self.turn, []
+        for run in turn:
+            text = "".join(run.turn)
+            run.turn.clear()
+            self._send_text(run, text)
+
+    def _send_text(self, run: RunningJob, text: str) -> None:
         if run.dropped:
             return
         if run.buffer:  # a frame of this job is queued behind a blocked send: merge into it

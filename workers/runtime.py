@@ -200,6 +200,7 @@ class WorkerRuntime:
             extra=finish.extra or None,
             ratelimit=RateLimits.from_wire(limits, "ratelimit") if limits else None,
         )
+        self.outgoing.end_turn()  # this turn's text becomes a frame (sent or queued) first
         # frames = frames already sent + the one still buffered (sent before this message)
         frames = run.seq + (1 if run.buffer else 0)
         wire = result.to_wire()

@@ -109,7 +109,10 @@ class MockBackend(Backend):
             for index, token in enumerate(tokens):
                 if rule is not None and index == int(rule.get("after", 0)):
                     await self._fail(rule)
-                if index and token_delay:
+                if index:
+                    # Even with no delay each token takes its own loop turn, like a provider's
+                    # separate reads: the worker then sends it as its own frame, which is what
+                    # a scripted token_count means (and what the ceiling benchmark counts).
                     await asyncio.sleep(token_delay)
                 produced += 1
                 self.tokens_produced += 1
