@@ -49,6 +49,10 @@ class Row:
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "ratio": self.ratio}
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Row:
+        return cls(**{k: v for k, v in data.items() if k != "ratio"})
+
 
 def free_port() -> int:
     with socket.socket() as s:
