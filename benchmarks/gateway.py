@@ -11,7 +11,6 @@ neighbour hits all of them.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import tempfile
@@ -30,6 +29,7 @@ from benchmarks.latency import (
     openai_stream_client,
     paths_on,
 )
+from protocol import eventloop
 from protocol.client import AsyncClient
 from tests.gateway_support import GatewayProcess
 from tests.harness import BrokerProcess
@@ -126,4 +126,6 @@ async def main_async(sizes: Sizes, peers: bool) -> list[Row]:
 
 
 def run(sizes: Sizes, peers: bool = True) -> list[Row]:
-    return asyncio.run(main_async(sizes, peers))
+    # The loop the latency benchmark and our client use (uvloop), so the two benchmarks'
+    # direct-httpx baselines are taken the same way.
+    return eventloop.run(main_async(sizes, peers))
