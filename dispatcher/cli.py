@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -179,11 +181,21 @@ def _show_status(args: argparse.Namespace, status: dict[str, Any]) -> None:
     print(json.dumps(status, indent=2, default=str) if args.json else status_table(status))
 
 
-async def _status(args: argparse.Namespace) -> None:
+async def _status(args: argparse.Namespace) -> int:
     async with AsyncClient(args.endpoint, **_client_options(args)) as client:
         _show_status(args, await client.status(timeout=args.timeout))
-        while args.watch:  # a live table: redraw every interval until Ctrl-C
-            await asyncio.sleep(args.interval)
+        if not args.watch:
+            return EXIT_OK
+        # Ctrl-C sets an event the loop waits on, rather than cancelling the main task: on
+        # Python 3.11 a cancellation that meets a status reply arriving in the same loop turn
+        # can be swallowed (wait_for), and the watch then went on redrawing after Ctrl-C.
+        interrupted = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, interrupted.set)
+        while True:  # a live table: redraw every interval until Ctrl-C
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(interrupted.wait(), args.interval)
+            if interrupted.is_set():
+                return EXIT_INTERRUPTED
             status = await client.status(timeout=args.timeout)
             if sys.stdout.isatty():
                 sys.stdout.write("\x1b[H\x1b[2J")  # home + clear: redraw in place
@@ -195,11 +207,10 @@ async def _status(args: argparse.Namespace) -> None:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     try:
-        eventloop.run(_status(args))
+        return eventloop.run(_status(args))
     except ProviderError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    return EXIT_OK
 
 
 async def _models(args: argparse.Namespace) -> Any:
