@@ -1,5 +1,4 @@
-"""The `llmrelay` command: broker, worker, submit, status, models, batch, keys, config,
-tiny-model.
+"""The `llmrelay` command: broker, worker, submit, status, models, batch, keys, config, tiny-model.
 
 Exit codes: 0 success; 1 the job failed or the broker could not be reached (one line
 `error: <category>...`); 2 bad input or configuration (one line naming the field; argparse's
@@ -184,17 +183,12 @@ def _show_status(args: argparse.Namespace, status: dict[str, Any]) -> None:
 async def _status(args: argparse.Namespace) -> int:
     async with AsyncClient(args.endpoint, **_client_options(args)) as client:
         _show_status(args, await client.status(timeout=args.timeout))
-        if not args.watch:
-            return EXIT_OK
-        # Ctrl-C sets an event the loop waits on, rather than cancelling the main task: on
-        # Python 3.11 a cancellation that meets a status reply arriving in the same loop turn
-        # can be swallowed (wait_for), and the watch then went on redrawing after Ctrl-C.
-        interrupted = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, interrupted.set)
-        while True:  # a live table: redraw every interval until Ctrl-C
+        # Ctrl-C sets an event: 3.11's wait_for can swallow a cancellation of the main task.
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
+        while args.watch:  # a live table: redraw every interval until Ctrl-C
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(interrupted.wait(), args.interval)
-            if interrupted.is_set():
+                await asyncio.wait_for(stop.wait(), args.interval)
                 return EXIT_INTERRUPTED
             status = await client.status(timeout=args.timeout)
             if sys.stdout.isatty():
@@ -203,6 +197,7 @@ async def _status(args: argparse.Namespace) -> int:
                 print(f"--- {time.strftime('%H:%M:%S')}")
             _show_status(args, status)
             sys.stdout.flush()
+    return EXIT_OK
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
