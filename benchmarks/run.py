@@ -118,8 +118,8 @@ def write_doc(path: Path, facts: dict[str, Any], text: str, command: str) -> Non
         f"- run: {facts['date']}, commit {m['commit']}, {facts['seconds']:.0f} s\n"
         f"- machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, {m['system']}; "
         f"load average {m['load_average_at_start']} at the start and "
-        f"{m.get('load_average_at_end', '?')} at the end: the machine was shared with other "
-        "work, so figures are noisy\n"
+        f"{m.get('load_average_at_end', '?')} at the end (a load near or above the "
+        "core count means other work shared the machine: read such figures as noisy)\n"
         "- the fake OpenAI server (benchmarks/sse_fake.py, uvicorn) is pinned to core 0 and "
         "everything measured to the other cores\n\n"
         f"Reproduce: `{command}` (raw figures: `bench/results/<date>.json`).\n\n"
@@ -130,10 +130,10 @@ def write_doc(path: Path, facts: dict[str, Any], text: str, command: str) -> Non
 def isolated(name: str, smoke: bool, no_peers: bool) -> list[Row]:
     """Run one benchmark in a fresh interpreter and read its rows back.
 
-    Each benchmark measures clients inside its own process, and they were measurably slowed
-    by what earlier benchmarks left in the process: direct httpx did 189 jobs/s at c=64 at the
-    end of a full run and 691 jobs/s run alone, on the same quiet machine. A fresh process per
-    benchmark makes every row independent of the ones before it.
+    The clients of each benchmark run inside its own process, so a fresh one per benchmark
+    keeps any row from depending on what the benchmarks before it left behind.
+    (It did not explain the slow direct-httpx baseline next to the LiteLLM peers:
+    docs/performance.md, round 4.)
     """
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "rows.json"
