@@ -162,17 +162,17 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(wanted) - set(BENCHES)
     if unknown:
         parser.error(f"--only: unknown benchmark(s) {sorted(unknown)}; choose from {BENCHES}")
+    if args.rows_to is not None:  # a child of the run below: one benchmark, rows to a file
+        (name,) = wanted
+        got = benches(args.smoke, peers=not args.no_peers)[name]()
+        args.rows_to.write_text(json.dumps([r.to_json() for r in got]))
+        return 0
     started = time.monotonic()
     facts: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "smoke": args.smoke,
     }
-    if args.rows_to is not None:  # a child of the run below: one benchmark, rows to a file
-        (name,) = wanted
-        got = benches(args.smoke, peers=not args.no_peers)[name]()
-        args.rows_to.write_text(json.dumps([r.to_json() for r in got]))
-        return 0
     rows: list[Row] = []
     errors: dict[str, str] = {}
     for name in wanted:
