@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -249,15 +250,22 @@ def test_cancel_closes_the_stream_and_frees_the_slot(
                     seen += 1
                     if seen == 3:
                         break
-            # The only slot is free again: the next job runs, and the server's own log shows
-            # the cancelled task stopped long before its max_tokens.
+            # The server's own log shows the cancelled task stopped long before its max_tokens.
+            # Read before the next job: `output` keeps only the latest 40 lines, and the next
+            # job's lines could push this one out.
+            stops: list[int] = []
+            for _ in range(100):  # up to 10 s for the line to be relayed
+                stops = [
+                    int(m.group(1))
+                    for line in server.output
+                    if (m := re.search(r"stop processing: n_tokens = (\d+)", line))
+                ]
+                if stops:
+                    break
+                await asyncio.sleep(0.1)
+            # The only slot is free again: the next job runs.
             _, finish = await collect(backend, job("next", max_tokens=4), attempt=1)
             assert finish.usage["completion_tokens"] == 4
-            stops = [
-                int(m.group(1))
-                for line in server.output
-                if (m := re.search(r"stop processing: n_tokens = (\d+)", line))
-            ]
             assert stops and stops[0] < max_tokens
         finally:
             await backend.close()
