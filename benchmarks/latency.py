@@ -73,7 +73,13 @@ def openai_stream_client(
     http = httpx.AsyncClient(
         base_url=base_url,
         headers={"authorization": f"Bearer {key}"},
-        limits=httpx.Limits(max_connections=128, max_keepalive_connections=128),
+        # Connections kept across the other paths' runs (httpx expires idle ones after 5 s):
+        # a pool rebuilt under load at 64 requests went into a slow mode of httpcore's pool
+        # bookkeeping, 3.3 instead of 1.4 ms of CPU per job for a whole run. The fake
+        # (benchmarks/sse_fake.py) keeps them for as long.
+        limits=httpx.Limits(
+            max_connections=128, max_keepalive_connections=128, keepalive_expiry=300
+        ),
         timeout=60.0,
     )
     body = {"model": model, "messages": MESSAGES, "stream": True}

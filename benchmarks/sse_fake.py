@@ -137,8 +137,19 @@ def main() -> None:
     args = parser.parse_args()
     if args.cpu is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
+    # Idle keep-alive connections stay open for 5 minutes (uvicorn's default is 5 s). The
+    # benchmarks interleave paths, so a client sits idle for longer than 5 s between its runs;
+    # httpx then meets a pool of connections the server closed, and its pool bookkeeping
+    # (quadratic in the pool's size) doubled the direct client's CPU per job for a whole run:
+    # 290 against 690 jobs/s. A floor that moves with the other paths' duration is no floor.
     uvicorn.run(
-        app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False, backlog=4096
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        backlog=4096,
+        timeout_keep_alive=300,
     )
 
 
