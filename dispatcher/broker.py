@@ -26,10 +26,14 @@ from dispatcher.outbox import CLIENT, WORKER, Side
 from dispatcher.supervisor import Supervisor
 from protocol import messages as m
 from protocol.errors import ProtocolViolation
-from protocol.transport import apply_server_curve, tune_socket
+from protocol.transport import apply_server_curve, recv_parts, send_parts, tune_socket
 from workers.procutil import RestartBudget
 
 MAX_BATCH = 2000  # messages handled per socket per loop turn, so neither side starves
+# What the handled messages queued is sent after this many of them (and when the socket has
+# no more): a burst of sends lets libzmq's I/O thread take many messages per wake-up instead
+# of being signalled for each, and the first reply waits at most ~FLUSH_EVERY handlings.
+FLUSH_EVERY = 32
 # How often the loop asks the supervisor whether a worker process died (a non-blocking
 # waitpid per child). The core stops dispatching to a dead worker from then on, instead of
 # after its heartbeat timeout: a kill -9 storm would otherwise feed jobs to dead workers.
@@ -102,7 +106,7 @@ class Broker:
             for side, identity, frames in self.core.outbox.take():
                 parts: list[Any] = [identity, *frames]  # bytes, or zmq.Frame as received
                 try:
-                    self.sockets[side].send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+                    send_parts(self.sockets[side], parts)
                 except zmq.Again:
                     pass
                 except zmq.ZMQError as exc:
@@ -135,15 +139,19 @@ class Broker:
 
     def _drain(self, side: Side) -> None:
         sock = self.sockets[side]
-        for _ in range(MAX_BATCH):
-            try:
-                frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            try:
-                self._on_message(side, frames, time.monotonic())
-            except Exception:  # one bad message must never take the broker down
-                self.log.exception("message_handler_failed")
+        try:
+            for n in range(1, MAX_BATCH + 1):
+                try:
+                    frames = recv_parts(sock)
+                except zmq.Again:
+                    return
+                try:
+                    self._on_message(side, frames, time.monotonic())
+                except Exception:  # one bad message must never take the broker down
+                    self.log.exception("message_handler_failed")
+                if not n % FLUSH_EVERY:
+                    self._flush()
+        finally:
             self._flush()
 
     # --- periodic work ------------------------------------------------------------------

@@ -70,18 +70,34 @@ def _pid(value: Any, name: str) -> int:
 
 Checker = Callable[[Any, str], Any]
 REGISTRY: dict[str, type[Message]] = {}
-# Per message class: (field name, required?) in order, and the keys a body may hold.
-# Computed once per class: dataclasses.fields() is too slow for the broker's hot path.
-_SHAPES: dict[type, tuple[tuple[tuple[str, bool], ...], frozenset[str]]] = {}
 
 
-def _shape(cls: type) -> tuple[tuple[tuple[str, bool], ...], frozenset[str]]:
+@dataclass(frozen=True, slots=True)
+class _Field:
+    name: str
+    required: bool
+    check: Checker
+    label: str  # "type.name", as errors name the field
+
+
+# Per message class: its fields in order, and the keys a body may hold. Computed once per
+# class: dataclasses.fields() and a label per field per message are too slow for the hot path.
+_SHAPES: dict[type, tuple[tuple[_Field, ...], frozenset[str]]] = {}
+
+
+def _shape(cls: type[Message]) -> tuple[tuple[_Field, ...], frozenset[str]]:
     shape = _SHAPES.get(cls)
     if shape is None:
-        names = tuple(
-            (f.name, f.default is MISSING and f.default_factory is MISSING) for f in fields(cls)
+        specs = tuple(
+            _Field(
+                f.name,
+                f.default is MISSING and f.default_factory is MISSING,
+                cls.CHECKS[f.name],
+                f"{cls.TYPE}.{f.name}",
+            )
+            for f in fields(cls)  # type: ignore[arg-type]
         )
-        shape = _SHAPES[cls] = (names, frozenset({"v", "t", *(n for n, _ in names)}))
+        shape = _SHAPES[cls] = (specs, frozenset({"v", "t", *(f.name for f in specs)}))
     return shape
 
 
@@ -98,26 +114,28 @@ class Message:
 
     def to_wire(self) -> dict[str, Any]:
         body: dict[str, Any] = {"v": VERSION, "t": self.TYPE}
-        for name, _ in _shape(type(self))[0]:
-            value = getattr(self, name)
-            body[name] = value.to_wire() if isinstance(value, Job) else value
+        for spec in _shape(type(self))[0]:
+            value = getattr(self, spec.name)
+            body[spec.name] = value.to_wire() if isinstance(value, Job) else value
         return body
 
     def encode(self) -> bytes:
         return msgpack.packb(self.to_wire(), use_bin_type=True)  # type: ignore[no-any-return]
 
     @classmethod
-    def parse(cls, body: dict[str, Any]) -> Message:
+    def parse(cls, body: dict[Any, Any]) -> Message:
+        """Check `body` (a decoded map) field by field; unknown keys, non-string keys
+        included, are an error."""
         kwargs: dict[str, Any] = {}
-        names, allowed = _shape(cls)
+        specs, allowed = _shape(cls)
         if not allowed.issuperset(body):
             v.no_extra(body, allowed, cls.TYPE)
-        for name, required in names:
-            value = body.get(name)
+        for spec in specs:
+            value = body.get(spec.name)
             if value is not None:
-                kwargs[name] = cls.CHECKS[name](value, f"{cls.TYPE}.{name}")
-            elif required:
-                raise v.fail(f"{cls.TYPE}.{name}", "missing")
+                kwargs[spec.name] = spec.check(value, spec.label)
+            elif spec.required:
+                raise v.fail(spec.label, "missing")
         return cls(**kwargs)
 
 
@@ -133,7 +151,9 @@ def decode(frame: bytes | memoryview) -> Message:
         body = msgpack.unpackb(frame, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types
         raise ProtocolViolation(f"not valid msgpack: {type(exc).__name__}") from None
-    body = v.need_map(body, "message")
+    # Its keys are checked by parse(): only the message's own field names (strings) pass.
+    if type(body) is not dict:
+        raise ProtocolViolation("message: expected a map with string keys")
     if body.get("v") != VERSION:
         raise ProtocolViolation(f"unsupported protocol version {body.get('v')!r}")
     kind = body.get("t")

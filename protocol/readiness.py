@@ -15,6 +15,8 @@ from typing import Any
 
 import zmq
 
+from protocol.transport import recv_parts, send_parts
+
 
 class Readiness:
     """Waits for POLLIN/POLLOUT on `sock` (a plain socket) from one asyncio loop."""
@@ -94,7 +96,7 @@ class Readiness:
     def try_send(self, frames: list[Any]) -> bool:
         """Send now if the queue has room (the usual case); False when it is full."""
         try:
-            self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            send_parts(self.sock, frames)
         except zmq.Again:
             return False
         finally:
@@ -111,7 +113,7 @@ class Readiness:
         batch: list[list[bytes]] = []
         try:
             for _ in range(limit):
-                batch.append(self.sock.recv_multipart(zmq.NOBLOCK))
+                batch.append([frame.bytes for frame in recv_parts(self.sock)])
         except zmq.Again:
             pass
         finally:

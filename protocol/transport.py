@@ -1,17 +1,58 @@
-"""ZeroMQ socket settings shared by every process: limits, timeouts and optional CURVE."""
+"""ZeroMQ socket settings shared by every process (limits, timeouts, optional CURVE), and the
+non-blocking multipart send and receive every hot path uses."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import zmq
+from zmq.backend import Socket as _CythonSocket
 
 from protocol.constants import CLIENT_PUBLIC_ENV, CLIENT_SECRET_ENV, SERVER_KEY_ENV
 from protocol.messages import MAX_MESSAGE_BYTES
 
-__all__ = ["CLIENT_PUBLIC_ENV", "CLIENT_SECRET_ENV", "SERVER_KEY_ENV", "SocketOptions"]
+__all__ = [
+    "CLIENT_PUBLIC_ENV",
+    "CLIENT_SECRET_ENV",
+    "SERVER_KEY_ENV",
+    "SocketOptions",
+    "recv_parts",
+    "send_parts",
+]
+
+# pyzmq's Python layer (zmq.sugar) wraps every call: send_multipart type-checks each part and
+# ORs enum flags, recv_multipart asks getsockopt(RCVMORE) through an enum lookup per part.
+# On a token relay that was a third of the broker's time in ZeroMQ calls. These call the
+# Cython socket underneath with plain int flags: 2.7 -> 0.6 us to send two parts, 3.7 -> 1.5 us
+# to receive three (measured on this machine, TCP loopback).
+_send = _CythonSocket.send
+_recv = _CythonSocket.recv
+_NOBLOCK = int(zmq.NOBLOCK)
+_NOBLOCK_MORE = _NOBLOCK | int(zmq.SNDMORE)
+
+
+def send_parts(sock: zmq.Socket[Any], parts: Sequence[Any]) -> None:
+    """`send_multipart(parts, NOBLOCK)`: bytes are copied (cheaper than a zero-copy frame
+    when small), a received `zmq.Frame` is sent as it is. Raises `zmq.Again` when the queue is
+    full and `zmq.ZMQError` as send_multipart does (a ROUTER's EHOSTUNREACH on the first part).
+    """
+    last = len(parts) - 1
+    for i, part in enumerate(parts):
+        _send(sock, part, _NOBLOCK_MORE if i < last else _NOBLOCK)
+
+
+def recv_parts(sock: zmq.Socket[Any]) -> list[zmq.Frame]:
+    """`recv_multipart(NOBLOCK, copy=False)`: every part of the next message, as frames.
+    Raises `zmq.Again` when none is queued."""
+    frame: zmq.Frame = _recv(sock, _NOBLOCK, copy=False)
+    parts = [frame]
+    while frame.more:
+        frame = _recv(sock, _NOBLOCK, copy=False)
+        parts.append(frame)
+    return parts
 
 
 @dataclass(slots=True)

@@ -88,5 +88,5 @@ def opt(data: Mapping[str, Any], key: str) -> Any:
 
 def no_extra(data: Mapping[str, Any], allowed: Collection[str], field: str) -> None:
     extra = set(data) - set(allowed)
-    if extra:
-        raise fail(field, f"unknown field(s) {sorted(extra)}")
+    if extra:  # repr: a key may be bytes (a msgpack bin key), and bytes and str do not sort
+        raise fail(field, f"unknown field(s) {sorted(extra, key=repr)}")
