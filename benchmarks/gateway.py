@@ -71,14 +71,14 @@ async def main_async(sizes: Sizes, peers: bool) -> list[Row]:
         os.sched_setaffinity(0, cores)  # broker, worker and gateway inherit this
     with sse_fake(cpu=0 if cores else None) as url:
         async with contextlib.AsyncExitStack() as stack:
-            http, direct = openai_stream_client(url, "bench")
-            stack.push_async_callback(http.aclose)
+            close_direct, direct = openai_stream_client(url, "bench")
+            stack.push_async_callback(close_direct)
             runners: dict[str, Runner] = {DIRECT: direct}
             procs: dict[str, dict[str, Any]] = {DIRECT: {"client": me}}
             gateway, broker = stack.enter_context(gateway_stack(url))
             assert gateway.proc is not None and broker.proc is not None
-            via_http, via_gateway = openai_stream_client(gateway.base_url, "fake:bench")
-            stack.push_async_callback(via_http.aclose)
+            close_gateway, via_gateway = openai_stream_client(gateway.base_url, "fake:bench")
+            stack.push_async_callback(close_gateway)
             runners[GATEWAY] = via_gateway
             relay = {"broker": broker.proc.pid, "worker": worker_pids(broker.proc.pid)}
             procs[GATEWAY] = {"client": me, "gateway": gateway.proc.pid, **relay}
@@ -87,8 +87,8 @@ async def main_async(sizes: Sizes, peers: bool) -> list[Row]:
             procs[ZMQ] = {"client": me, **relay}
             if peers:
                 proxy_url, proxy_pid, key = stack.enter_context(litellm_proxy(url))
-                proxy_http, via_proxy = openai_stream_client(proxy_url, "bench", key)
-                stack.push_async_callback(proxy_http.aclose)
+                close_proxy, via_proxy = openai_stream_client(proxy_url, "bench", key)
+                stack.push_async_callback(close_proxy)
                 runners[PROXY] = via_proxy
                 procs[PROXY] = {"client": me, "proxy": proxy_pid}
             results = await paths_on(url, sizes, procs, runners)

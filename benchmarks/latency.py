@@ -66,42 +66,65 @@ async def fan_out(n: int, concurrency: int, one: Callable[[], Awaitable[Sample]]
     return samples
 
 
+# Connections per httpx client of the load generator. httpcore walks every connection of a pool
+# for each of them when a request starts and ends (quadratic in the pool's size): one pool of
+# the 64 connections that concurrency 64 leaves behind cost the client 2.5 ms of CPU per request
+# even at concurrency 1 afterwards, and 6 ms at 64 behind a slower server, which the gateway
+# and LiteLLM proxy rows then measured as their own. The worker shards its pools the same way
+# (workers/http_pool.py).
+SHARD = 8
+
+
 def openai_stream_client(
     base_url: str, model: str, key: str = "bench"
-) -> tuple[httpx.AsyncClient, Runner]:
-    """A plain httpx streaming client: what an application would write without any library."""
-    http = httpx.AsyncClient(
-        base_url=base_url,
-        headers={"authorization": f"Bearer {key}"},
-        # Connections kept across the other paths' runs (httpx expires idle ones after 5 s):
-        # a pool rebuilt under load at 64 requests went into a slow mode of httpcore's pool
-        # bookkeeping, 3.3 instead of 1.4 ms of CPU per job for a whole run. The fake
-        # (benchmarks/sse_fake.py) keeps them for as long.
-        limits=httpx.Limits(
-            max_connections=128, max_keepalive_connections=128, keepalive_expiry=300
-        ),
-        timeout=60.0,
-    )
+) -> tuple[Callable[[], Awaitable[None]], Runner]:
+    """A plain httpx streaming client (what an application would write without any library),
+    its 128 connections spread over pools of SHARD; returns (aclose, runner)."""
+    shards = [
+        httpx.AsyncClient(
+            base_url=base_url,
+            headers={"authorization": f"Bearer {key}"},
+            # Connections kept across the other paths' runs (httpx expires idle ones after
+            # 5 s, and a pool rebuilt under load is slow for a whole run, see SHARD). The fake
+            # (benchmarks/sse_fake.py) keeps them for as long.
+            limits=httpx.Limits(
+                max_connections=SHARD, max_keepalive_connections=SHARD, keepalive_expiry=300
+            ),
+            timeout=60.0,
+        )
+        for _ in range(128 // SHARD)
+    ]
+    free = [SHARD] * len(shards)
     body = {"model": model, "messages": MESSAGES, "stream": True}
 
     async def one() -> Sample:
-        started = time.perf_counter()
-        first = 0.0
-        async with http.stream("POST", "/chat/completions", json=body) as response:
-            response.raise_for_status()
-            async for line in response.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                event = orjson.loads(line[6:])
-                choices = event.get("choices") or [{}]
-                if choices[0].get("delta", {}).get("content") and not first:
-                    first = time.perf_counter() - started
-        return first, time.perf_counter() - started
+        # The first pool with room: light load keeps reusing the same warm connections.
+        i = next(i for i, n in enumerate(free) if n)
+        free[i] -= 1
+        try:
+            started = time.perf_counter()
+            first = 0.0
+            async with shards[i].stream("POST", "/chat/completions", json=body) as response:
+                response.raise_for_status()
+                async for line in response.aiter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    event = orjson.loads(line[6:])
+                    choices = event.get("choices") or [{}]
+                    if choices[0].get("delta", {}).get("content") and not first:
+                        first = time.perf_counter() - started
+            return first, time.perf_counter() - started
+        finally:
+            free[i] += 1
 
     async def run(n: int, concurrency: int) -> list[Sample]:
         return await fan_out(n, concurrency, one)
 
-    return http, run
+    async def aclose() -> None:
+        for shard in shards:
+            await shard.aclose()
+
+    return aclose, run
 
 
 def llmrelay_runner(client: AsyncClient, model: str) -> Runner:
@@ -295,11 +318,11 @@ async def main_async(sizes: Sizes, peers: bool) -> list[Row]:
     if cores:
         os.sched_setaffinity(0, cores)  # broker and workers inherit this
     with sse_fake(cpu=0 if cores else None) as url:
-        http, direct = openai_stream_client(url, "bench")
+        close_direct, direct = openai_stream_client(url, "bench")
         runners: dict[str, Runner] = {"direct httpx": direct}
         procs: dict[str, dict[str, Any]] = {"direct httpx": {"client": me}}
         async with contextlib.AsyncExitStack() as stack:
-            stack.push_async_callback(http.aclose)
+            stack.push_async_callback(close_direct)
             for replicas in (1, 2):
                 name = f"llmrelay, {replicas} openai worker{'s' if replicas > 1 else ''}"
                 process = stack.enter_context(
@@ -317,8 +340,8 @@ async def main_async(sizes: Sizes, peers: bool) -> list[Row]:
                 runners["LiteLLM Router"] = litellm_router(url, fallback=False)
                 procs["LiteLLM Router"] = {"client": me}
                 proxy_url, proxy_pid, key = stack.enter_context(litellm_proxy(url))
-                proxy_http, proxy_run = openai_stream_client(proxy_url, "bench", key)
-                stack.push_async_callback(proxy_http.aclose)
+                close_proxy, proxy_run = openai_stream_client(proxy_url, "bench", key)
+                stack.push_async_callback(close_proxy)
                 runners["LiteLLM proxy"] = proxy_run
                 procs["LiteLLM proxy"] = {"client": me, "proxy": proxy_pid}
             results = await paths_on(url, sizes, procs, runners)

@@ -87,6 +87,6 @@ def opt(data: Mapping[str, Any], key: str) -> Any:
 
 
 def no_extra(data: Mapping[str, Any], allowed: Collection[str], field: str) -> None:
-    extra = set(data) - set(allowed)
+    extra = data.keys() - allowed
     if extra:  # repr: a key may be bytes (a msgpack bin key), and bytes and str do not sort
         raise fail(field, f"unknown field(s) {sorted(extra, key=repr)}")
