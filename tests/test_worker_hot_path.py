@@ -91,8 +91,8 @@ async def test_message_arriving_during_a_send_wakes_the_receiver() -> None:
 
 
 class Burst(Backend):
-    """Yields "a" and "b" in one loop turn (like deltas parsed from one HTTP read), then takes
-    a turn of its own before "c" and another before "d" (like separate reads)."""
+    """Yields "a" and "b" in one loop turn (like deltas parsed from one HTTP read), then "c"
+    and "d" in a turn of its own, then "e" in another (like separate reads)."""
 
     kind = "mock"
 
@@ -101,8 +101,9 @@ class Burst(Backend):
         yield TextDelta("b")
         await asyncio.sleep(0)
         yield TextDelta("c")
-        await asyncio.sleep(0)
         yield TextDelta("d")
+        await asyncio.sleep(0)
+        yield TextDelta("e")
         yield Finish(reason="stop")
 
 
@@ -146,15 +147,70 @@ async def token_frames(broker: zmq.Socket[bytes]) -> tuple[list[tuple[int, str]]
 @run_async
 async def test_text_of_one_loop_turn_is_one_frame_and_each_turn_its_own() -> None:
     """What arrived together goes out together; nothing waits for text still to come, so a
-    delta after a pause is its own frame (streaming stays token by token when tokens trickle)."""
+    delta after a pause is its own frame (streaming stays token by token when tokens trickle).
+    The attempt's first text goes out at once, before the rest of its turn is produced."""
     with router() as (broker, endpoint):
         rt = WorkerRuntime(spec(), endpoint, backend=Burst(spec()))
         task, identity = await started(rt, broker)
         try:
             broker.send_multipart([identity, dispatch(mock_job())])
             texts, done = await token_frames(broker)
-            assert texts == [(0, "ab"), (1, "c"), (2, "d")]
-            assert done.frames == 3
+            assert texts == [(0, "a"), (1, "b"), (2, "cd"), (3, "e")]
+            assert done.frames == 4
+        finally:
+            await stop(rt, task)
+
+
+class Together(Backend):
+    """Every job waits until `jobs` of them run, then all yield "<name>1" and "<name>2" in the
+    same loop turn (like the reads of many busy connections handled in one turn)."""
+
+    kind = "mock"
+
+    def __init__(self, spec: ProviderSpec, jobs: int) -> None:
+        super().__init__(spec)
+        self.jobs, self.started, self.go = jobs, 0, asyncio.Event()
+
+    async def generate(self, job: Job, model: str, attempt: int) -> AsyncIterator[StreamEvent]:
+        self.started += 1
+        if self.started == self.jobs:
+            self.go.set()
+        await self.go.wait()
+        name = job.metadata["name"]
+        yield TextDelta(f"{name}1")
+        yield TextDelta(f"{name}2")
+        await asyncio.sleep(0)  # still streaming when the other job's text comes
+        yield Finish(reason="stop")
+
+
+@run_async
+async def test_first_text_goes_at_once_only_when_nothing_else_waits_in_the_turn() -> None:
+    """Under load (other jobs' text pending in the turn) a first text costs no frame of its
+    own: it is merged with the rest of its turn like any other text."""
+    with router() as (broker, endpoint):
+        rt = WorkerRuntime(spec(), endpoint, backend=Together(spec(), 2))
+        task, identity = await started(rt, broker)
+        try:
+            for name in ("a", "b"):
+                job = build_job(model="mock:echo", prompt="x", metadata={"name": name})
+                broker.send_multipart([identity, dispatch(job)])
+            frames: dict[str, list[tuple[int, str]]] = {}
+            done = 0
+            ids: dict[str, str] = {}
+            while done < 2:
+                raw = await recv(broker)
+                msg = m.decode(raw[1])
+                if isinstance(msg, m.Tokens):
+                    text = raw[2].decode()
+                    ids.setdefault(msg.job_id, text[0])
+                    frames.setdefault(ids[msg.job_id], []).append((msg.seq, text))
+                elif isinstance(msg, m.Completed):
+                    done += 1
+            first, second = sorted(frames.values(), key=len, reverse=True)
+            name = first[0][1][0]
+            assert first == [(0, f"{name}1"), (1, f"{name}2")]  # alone in its turn at first
+            other = second[0][1][0]
+            assert second == [(0, f"{other}1{other}2")]
         finally:
             await stop(rt, task)
 

@@ -2,9 +2,11 @@
 
 Text of a job is sent at the end of the event-loop turn that produced it, so the tokens of one
 HTTP read (a provider's burst, which httpcore hands over without a pause) go out as one frame,
-and text never waits for anything that has not already arrived. A message is sent at once when
-nothing is queued before it; only while a send waits for room (the broker is slow) do messages
-queue for the sender task, and text of one job that queues then is merged into one frame too.
+and text never waits for anything that has not already arrived. The exception is an attempt's
+first text when no other text is pending in the turn: it is sent at once (time to first token).
+A message is sent at once when nothing is queued before it; only while a send waits for room
+(the broker is slow) do messages queue for the sender task, and text of one job that queues
+then is merged into one frame too.
 A job's token frames always precede its done/failed message.
 """
 
@@ -69,6 +71,13 @@ class Outgoing:
         deltas (a real pause, or the mock) gets a frame per delta, as before.
         """
         if run.dropped:
+            return
+        if run.seq == 0 and not self.turn and not run.buffer:
+            # An attempt's first text, first of its loop turn, goes out at once: the rest of
+            # the read it came in (often a whole short answer) is parsed after it, not before
+            # the first token (-0.45 ms TTFT at concurrency 1). Under load other jobs' text
+            # is already pending in the turn, so no extra frame is spent there.
+            self._send_text(run, text)
             return
         if not self.turn:
             asyncio.get_running_loop().call_soon(self.end_turn)
