@@ -12,7 +12,6 @@ import uvicorn
 from gateway.app import Catalog, Gateway
 from gateway.settings import GatewaySettings
 
-
 # Idle keep-alive connections stay open this long (uvicorn's default is 5 s). Client pools
 # (httpx, the OpenAI and Anthropic SDKs) expire idle connections after 5 s themselves; a server
 # closing at the same moment races a client reusing one ("Server disconnected without sending
