@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import Row, other_cores, sse_fake, worker_pids
+from benchmarks.latency import SHARDED as DIRECT
 from benchmarks.latency import (
     Runner,
     Sizes,
@@ -37,7 +38,6 @@ from tests.harness import BrokerProcess
 GATEWAY = "llmrelay gateway, 1 openai worker"
 PROXY = "LiteLLM proxy"
 ZMQ = "llmrelay client (ZeroMQ), same broker"
-DIRECT = "direct httpx"
 
 
 @contextlib.contextmanager

@@ -73,13 +73,15 @@ async def fan_out(n: int, concurrency: int, one: Callable[[], Awaitable[Sample]]
 # and LiteLLM proxy rows then measured as their own. The worker shards its pools the same way
 # (workers/http_pool.py).
 SHARD = 8
+DIRECT = "direct httpx"
+SHARDED = "direct httpx, pools of 8"
 
 
 def openai_stream_client(
-    base_url: str, model: str, key: str = "bench"
+    base_url: str, model: str, key: str = "bench", pool: int = SHARD
 ) -> tuple[Callable[[], Awaitable[None]], Runner]:
     """A plain httpx streaming client (what an application would write without any library),
-    its 128 connections spread over pools of SHARD; returns (aclose, runner)."""
+    its 128 connections in pools of `pool` (128: one pool); returns (aclose, runner)."""
     shards = [
         httpx.AsyncClient(
             base_url=base_url,
@@ -88,13 +90,13 @@ def openai_stream_client(
             # 5 s, and a pool rebuilt under load is slow for a whole run, see SHARD). The fake
             # (benchmarks/sse_fake.py) keeps them for as long.
             limits=httpx.Limits(
-                max_connections=SHARD, max_keepalive_connections=SHARD, keepalive_expiry=300
+                max_connections=pool, max_keepalive_connections=pool, keepalive_expiry=300
             ),
             timeout=60.0,
         )
-        for _ in range(128 // SHARD)
+        for _ in range(128 // pool)
     ]
-    free = [SHARD] * len(shards)
+    free = [pool] * len(shards)
     body = {"model": model, "messages": MESSAGES, "stream": True}
 
     async def one() -> Sample:
@@ -318,11 +320,16 @@ async def main_async(sizes: Sizes, peers: bool) -> list[Row]:
     if cores:
         os.sched_setaffinity(0, cores)  # broker and workers inherit this
     with sse_fake(cpu=0 if cores else None) as url:
-        close_direct, direct = openai_stream_client(url, "bench")
-        runners: dict[str, Runner] = {"direct httpx": direct}
-        procs: dict[str, dict[str, Any]] = {"direct httpx": {"client": me}}
+        # The floor as the issue measured it: one httpx client, one pool, as an application
+        # would write it; beside it the same client with its pools sharded (the fastest plain
+        # httpx here, and what drives the gateway and proxy rows).
+        close_direct, direct = openai_stream_client(url, "bench", pool=128)
+        close_sharded, sharded = openai_stream_client(url, "bench")
+        runners: dict[str, Runner] = {DIRECT: direct, SHARDED: sharded}
+        procs: dict[str, dict[str, Any]] = {DIRECT: {"client": me}, SHARDED: {"client": me}}
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(close_direct)
+            stack.push_async_callback(close_sharded)
             for replicas in (1, 2):
                 name = f"llmrelay, {replicas} openai worker{'s' if replicas > 1 else ''}"
                 process = stack.enter_context(
@@ -345,8 +352,22 @@ async def main_async(sizes: Sizes, peers: bool) -> list[Row]:
                 runners["LiteLLM proxy"] = proxy_run
                 procs["LiteLLM proxy"] = {"client": me, "proxy": proxy_pid}
             results = await paths_on(url, sizes, procs, runners)
-        paths = [p for p in runners if p != "direct httpx"]
-        rows += latency_rows(results, "direct httpx", paths)
+        paths = [p for p in runners if p != DIRECT]
+        rows += latency_rows(results, DIRECT, paths)
+        floor = results[(SHARDED, 64)]
+        for name in ("llmrelay, 1 openai worker", "llmrelay, 2 openai workers"):
+            got = results[(name, 64)]
+            rows.append(
+                Row(
+                    "throughput",
+                    "jobs/s @64",
+                    name,
+                    SHARDED,
+                    got.rate,
+                    floor.rate,
+                    cpu_ms_per_job=got.cpu,
+                )
+            )
         relay = results[("llmrelay, 1 openai worker", 64)]
         if peers:
             router = results[("LiteLLM Router", 64)]
