@@ -2,9 +2,10 @@
 
 One process, one thread, a non-blocking ZeroMQ poll loop. Clients talk to one ROUTER socket,
 workers to another. What arrives is decoded here and handed to the core
-(dispatcher/core.py), which answers through its outbox; this layer flushes the outbox after
-every message. Token frames are relayed as the raw frames the worker sent (only the small
-header is decoded, never the text). Nothing is logged per token.
+(dispatcher/core.py), which answers through its outbox; this layer flushes the outbox once
+per loop turn (and every FLUSH_EVERY messages of a burst), workers' messages first. Token
+frames are relayed as the raw frames the worker sent (only the small header is decoded, never
+the text). Nothing is logged per token.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from protocol.transport import apply_server_curve, recv_parts, send_parts, tune_
 from workers.procutil import RestartBudget
 
 MAX_BATCH = 2000  # messages handled per socket per loop turn, so neither side starves
-# What the handled messages queued is sent after this many of them (and when the socket has
-# no more): a burst of sends lets libzmq's I/O thread take many messages per wake-up instead
-# of being signalled for each, and the first reply waits at most ~FLUSH_EVERY handlings.
+# What the handled messages queued is sent after this many of them (and at the end of the
+# loop turn, after dispatching): a burst of sends lets libzmq's I/O thread take many messages
+# per wake-up instead of being signalled for each, and the first reply waits at most
+# ~FLUSH_EVERY handlings.
 FLUSH_EVERY = 32
 # How often the loop asks the supervisor whether a worker process died (a non-blocking
 # waitpid per child). The core stops dispatching to a dead worker from then on, instead of
@@ -103,17 +105,25 @@ class Broker:
         """
         while True:
             gone: list[bytes] = []
-            for side, identity, frames in self.core.outbox.take():
-                parts: list[Any] = [identity, *frames]  # bytes, or zmq.Frame as received
-                try:
-                    send_parts(self.sockets[side], parts)
-                except zmq.Again:
-                    pass
-                except zmq.ZMQError as exc:
-                    if exc.errno != zmq.EHOSTUNREACH:
-                        raise
-                    if side == WORKER:
-                        gone.append(identity)
+            items = self.core.outbox.take()
+            # Workers' messages first (a peer's messages keep their order: each peer is on one
+            # side): a dispatch is not held behind the client replies of the same turn, whose
+            # sends wake the client, on a shared core perhaps before the dispatch leaves.
+            for wanted in (WORKER, CLIENT):
+                sock = self.sockets[wanted]
+                for side, identity, frames in items:
+                    if side != wanted:
+                        continue
+                    parts: list[Any] = [identity, *frames]  # bytes, or zmq.Frame as received
+                    try:
+                        send_parts(sock, parts)
+                    except zmq.Again:
+                        pass
+                    except zmq.ZMQError as exc:
+                        if exc.errno != zmq.EHOSTUNREACH:
+                            raise
+                        if side == WORKER:
+                            gone.append(identity)
             if not gone:
                 return
             # Their jobs are re-dispatched (new sends); a worker already forgotten adds none.
@@ -138,21 +148,19 @@ class Broker:
             self.core.client_message(identity, msg, now)
 
     def _drain(self, side: Side) -> None:
+        """Handle what is queued on `side`; the loop flushes the rest after dispatching."""
         sock = self.sockets[side]
-        try:
-            for n in range(1, MAX_BATCH + 1):
-                try:
-                    frames = recv_parts(sock)
-                except zmq.Again:
-                    return
-                try:
-                    self._on_message(side, frames, time.monotonic())
-                except Exception:  # one bad message must never take the broker down
-                    self.log.exception("message_handler_failed")
-                if not n % FLUSH_EVERY:
-                    self._flush()
-        finally:
-            self._flush()
+        for n in range(1, MAX_BATCH + 1):
+            try:
+                frames = recv_parts(sock)
+            except zmq.Again:
+                return
+            try:
+                self._on_message(side, frames, time.monotonic())
+            except Exception:  # one bad message must never take the broker down
+                self.log.exception("message_handler_failed")
+            if not n % FLUSH_EVERY:
+                self._flush()
 
     # --- periodic work ------------------------------------------------------------------
 
@@ -214,6 +222,7 @@ class Broker:
                 events = dict(poller.poll(max(0, min(int(wait * 1000) + 1, max_wait))))
                 if self.workers_sock in events:
                     self._drain(WORKER)
+                    self._flush()  # relays and results go before the clients' work is read
                 if self.clients in events:
                     self._drain(CLIENT)
                 now = time.monotonic()
@@ -225,7 +234,7 @@ class Broker:
                     self._reap(now)
                 if core.needs_dispatch or now >= core.wake_at:
                     core.dispatch_pending(now)
-                    self._flush()
+                self._flush()  # one send burst per turn: replies, relays and dispatches
         finally:
             self.shutdown()
 
