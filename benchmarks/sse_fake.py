@@ -137,11 +137,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.cpu is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
-    # Idle keep-alive connections stay open for 5 minutes (uvicorn's default is 5 s). The
-    # benchmarks interleave paths, so a client sits idle for longer than 5 s between its runs;
-    # httpx then meets a pool of connections the server closed, and its pool bookkeeping
-    # (quadratic in the pool's size) doubled the direct client's CPU per job for a whole run:
-    # 290 against 690 jobs/s. A floor that moves with the other paths' duration is no floor.
+    # Idle keep-alive connections stay open for 5 minutes (uvicorn's default is 5 s), as long
+    # as the benchmark's httpx client keeps them (benchmarks/latency.py): the benchmarks
+    # interleave paths, so a client sits idle for longer than 5 s between its runs, and a pool
+    # rebuilt under load then stayed slow for a whole run (290 against 690 jobs/s).
     uvicorn.run(
         app,
         host="127.0.0.1",
