@@ -23,7 +23,7 @@ from dispatcher.auth import start_authenticator
 from dispatcher.config import Config
 from dispatcher.core import BrokerCore
 from dispatcher.gateway_process import GatewayProcess
-from dispatcher.outbox import CLIENT, WORKER, Side
+from dispatcher.outbox import CLIENT, WORKER, Outgoing, Side
 from dispatcher.supervisor import Supervisor
 from protocol import messages as m
 from protocol.errors import ProtocolViolation
@@ -40,6 +40,10 @@ FLUSH_EVERY = 32
 # waitpid per child). The core stops dispatching to a dead worker from then on, instead of
 # after its heartbeat timeout: a kill -9 storm would otherwise feed jobs to dead workers.
 EXIT_CHECK = 0.02
+
+
+def _clients_last(item: Outgoing) -> bool:
+    return item[0] == CLIENT
 
 
 class Broker:
@@ -105,25 +109,20 @@ class Broker:
         """
         while True:
             gone: list[bytes] = []
-            items = self.core.outbox.take()
-            # Workers' messages first (a peer's messages keep their order: each peer is on one
-            # side): a dispatch is not held behind the client replies of the same turn, whose
-            # sends wake the client, on a shared core perhaps before the dispatch leaves.
-            for wanted in (WORKER, CLIENT):
-                sock = self.sockets[wanted]
-                for side, identity, frames in items:
-                    if side != wanted:
-                        continue
-                    parts: list[Any] = [identity, *frames]  # bytes, or zmq.Frame as received
-                    try:
-                        send_parts(sock, parts)
-                    except zmq.Again:
-                        pass
-                    except zmq.ZMQError as exc:
-                        if exc.errno != zmq.EHOSTUNREACH:
-                            raise
-                        if side == WORKER:
-                            gone.append(identity)
+            # Workers' messages first (a stable sort: each peer is on one side, so its messages
+            # keep their order): a dispatch is not held behind the client replies of the same
+            # turn, whose sends wake the client, on a shared core perhaps before it leaves.
+            for side, identity, frames in sorted(self.core.outbox.take(), key=_clients_last):
+                parts: list[Any] = [identity, *frames]  # bytes, or zmq.Frame as received
+                try:
+                    send_parts(self.sockets[side], parts)
+                except zmq.Again:
+                    pass
+                except zmq.ZMQError as exc:
+                    if exc.errno != zmq.EHOSTUNREACH:
+                        raise
+                    if side == WORKER:
+                        gone.append(identity)
             if not gone:
                 return
             # Their jobs are re-dispatched (new sends); a worker already forgotten adds none.
