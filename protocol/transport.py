@@ -12,7 +12,7 @@ import zmq
 from zmq.backend import Socket as _CythonSocket
 
 from protocol.constants import CLIENT_PUBLIC_ENV, CLIENT_SECRET_ENV, SERVER_KEY_ENV
-from protocol.messages import MAX_MESSAGE_BYTES
+from protocol.wire import MAX_MESSAGE_BYTES
 
 __all__ = [
     "CLIENT_PUBLIC_ENV",
