@@ -55,7 +55,7 @@ def test_no_dispatcher_file_is_over_450_lines() -> None:
 def test_importing_the_broker_imports_no_provider_module() -> None:
     code = (
         "import sys, dispatcher.broker, dispatcher.cli\n"
-        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('httpx', 'anyio')"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('httpx', 'anyio', 'aiohttp')"
         " or m.startswith(('workers.providers', 'workers.llamacpp', 'workers.http')))\n"
         "print(loaded)\n"
     )
@@ -82,7 +82,7 @@ def test_parsing_a_config_of_every_kind_imports_no_provider_module() -> None:
         "import sys\n"
         "from dispatcher.config import parse_config\n"
         f"parse_config({{'providers': {{{providers}}}}})\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('httpx', 'anyio')"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('httpx', 'anyio', 'aiohttp')"
         " or m.startswith(('workers.providers', 'workers.llamacpp', 'workers.http'))))\n"
     )
     out = subprocess.run(

@@ -13,8 +13,9 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 
-import httpx
+import aiohttp
 import pytest
+from aiohttp.client_reqrep import ConnectionKey
 
 from protocol.errors import DISPOSITION, Disposition, ProviderError
 from protocol.errors import ErrorCategory as C
@@ -22,7 +23,7 @@ from protocol.job import Job
 from workers.classify import classify, parse_retry_after, scrub, scrubbed
 from workers.decode import ServerEvent
 from workers.http import ErrorInfo, HttpBackend, StreamError
-from workers.http_pool import network_error
+from workers.http_pool import Timeouts, WriteTimeout, network_error
 from workers.registry import backend_class
 from workers.spec import ProviderSpec
 
@@ -163,22 +164,26 @@ def test_mid_stream_error_table(
     assert err.message
 
 
+_KEY = ConnectionKey("h", 80, False, True, None, None, None, None)
+
+
 @pytest.mark.parametrize(
-    "exc",
+    ("exc", "what"),
     [
-        httpx.ConnectTimeout("timed out"),
-        httpx.ReadTimeout(""),
-        httpx.WriteTimeout("w"),
-        httpx.PoolTimeout("p"),
-        httpx.ConnectError("[Errno 111] Connection refused"),
-        httpx.RemoteProtocolError("peer closed connection without sending complete message body"),
-        httpx.ReadError("[Errno 104] Connection reset by peer"),
+        (aiohttp.ConnectionTimeoutError("timed out"), "connect timeout after 5.0s"),
+        (aiohttp.SocketTimeoutError("timed out"), "read timeout: no data for 6.0s"),
+        (WriteTimeout("w"), "write timeout after 7.0s"),
+        (aiohttp.ClientConnectorError(_KEY, ConnectionRefusedError(111, "refused")), "failed"),
+        (aiohttp.ServerDisconnectedError(), "closed or broken"),
+        (aiohttp.ClientPayloadError("Response payload is not completed"), "closed or broken"),
+        (aiohttp.ClientOSError(104, "Connection reset by peer"), "connection error"),
     ],
-    ids=lambda e: type(e).__name__,
+    ids=lambda e: type(e).__name__ if isinstance(e, Exception) else "",
 )
-def test_transport_failures_are_network(exc: httpx.TransportError) -> None:
-    err = network_error("p", exc, httpx.Timeout(5.0))
+def test_transport_failures_are_network(exc: aiohttp.ClientError, what: str) -> None:
+    err = network_error("p", exc, Timeouts(connect=5.0, read=6.0, write=7.0, total=8.0))
     assert (err.category, err.retryable, err.retry_after) == (C.NETWORK, True, None)
+    assert what in err.message
 
 
 def test_quota_exhausted_is_never_retried_on_the_same_provider() -> None:

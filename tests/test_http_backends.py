@@ -16,6 +16,7 @@ from tests.fakes.drive import FAKE_KEY, collect, make_backend, make_job, started
 from tests.fakes.openai_fake import openai_server
 from tests.fakes.server import FakeServer, Reply, json_response
 from workers.backend import TextDelta
+from workers.http_pool import env_proxy
 
 KINDS = ["openai", "anthropic", "openrouter", "ollama"]
 
@@ -249,6 +250,49 @@ def test_stalled_stream_hits_the_read_timeout(openai_fake: FakeServer) -> None:
     assert text == "a" and err.category is C.NETWORK and "read timeout" in err.message
 
 
+async def _deaf_server() -> tuple[asyncio.Server, str]:
+    """Accepts connections and never reads from them: a request larger than the socket
+    buffers cannot be written."""
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(30)  # cancelled when the server closes
+        writer.close()
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}"
+
+
+def test_a_request_the_server_does_not_read_hits_the_write_timeout() -> None:
+    async def run() -> tuple[ProviderError, float]:
+        server, url = await _deaf_server()
+        backend = make_backend("openai", url, api_key=FAKE_KEY, write_timeout=0.3)
+        job = make_job("x" * (64 << 20))  # far more than loopback's socket buffers hold
+        loop = asyncio.get_running_loop()
+        started_at = loop.time()
+        try:
+            async with started(backend) as b:
+                with pytest.raises(ProviderError) as caught:
+                    await collect(b, job)
+        finally:
+            server.close()
+        return caught.value, loop.time() - started_at
+
+    err, took = asyncio.run(run())
+    assert err.category is C.NETWORK and "write timeout after 0.3s" in err.message
+    assert took < 20  # the write timeout ended it, not the read (120 s) or total (600 s) one
+
+
+def test_the_write_timeout_does_not_bound_waiting_for_the_answer(
+    openai_fake: FakeServer,
+) -> None:
+    # The request is out at once; the server then thinks longer than write_timeout.
+    openai_fake.default = Reply(tokens=["a"], first_token_delay=0.5)
+    for stream in (True, False):
+        _, text, _ = asyncio.run(run_one("openai", openai_fake, stream, write_timeout=0.1))
+        assert text == "a"
+
+
 def test_total_timeout(anthropic_fake: FakeServer) -> None:
     anthropic_fake.default = Reply(tokens=["a", "b"], stall_after=1)
     _, err = asyncio.run(failure("anthropic", anthropic_fake, total_timeout=0.2))
@@ -410,3 +454,27 @@ def test_streamed_tool_calls(
     assert counts == {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
     if kind == "anthropic":  # cache reads count in the prompt and are reported apart
         assert finish.usage["cached_tokens"] == 6
+
+
+def test_the_environment_names_the_proxy_and_no_proxy_exempts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        for variant in (name, name.upper()):
+            monkeypatch.delenv(variant, raising=False)
+    assert env_proxy("https://api.openai.com/v1") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    assert env_proxy("https://api.openai.com/v1") == "http://proxy.internal:3128"
+    assert env_proxy("http://api.openai.com/v1") is None  # no HTTP_PROXY
+    assert env_proxy("https://127.0.0.1:8080/v1") is None
+    # trust_env=false: the environment is not read at all.
+    backend = make_backend("openai", "https://api.openai.com/v1", trust_env=False)
+
+    async def proxy_of(b: Any) -> str | None:
+        async with started(b):
+            return b._pool.proxy  # type: ignore[no-any-return]
+
+    assert asyncio.run(proxy_of(backend)) is None
+    backend = make_backend("openai", "https://api.openai.com/v1")
+    assert asyncio.run(proxy_of(backend)) == "http://proxy.internal:3128"

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, ClassVar, TypeVar
 
-import httpx
+import aiohttp
+import orjson
 import structlog
 
 from protocol.errors import ErrorCategory, ProviderError
@@ -31,11 +32,9 @@ from workers.http_pool import (
     READ_TIMEOUT,
     TOTAL_TIMEOUT,
     WRITE_TIMEOUT,
-    Pools,
+    Pool,
+    Timeouts,
     network_error,
-    pool_client,
-    send_streaming,
-    until,
 )
 from workers.ratelimit import OPENAI, HeaderFamily, Reading, field_table
 from workers.spec import ProviderSpec
@@ -153,17 +152,17 @@ class HttpBackend(Backend):
         opts = spec.options
         self.base_url = str(opts.get("base_url") or self.default_base_url).rstrip("/")
         self._key = self._resolve_key(opts)
-        self.timeouts = httpx.Timeout(
+        self.timeouts = Timeouts(
             connect=float(opts.get("connect_timeout", CONNECT_TIMEOUT)),
             read=float(opts.get("read_timeout", READ_TIMEOUT)),
             write=float(opts.get("write_timeout", WRITE_TIMEOUT)),
-            pool=float(opts.get("total_timeout", TOTAL_TIMEOUT)),
+            total=float(opts.get("total_timeout", TOTAL_TIMEOUT)),
         )
-        self.total_timeout = float(opts.get("total_timeout", TOTAL_TIMEOUT))
+        self.total_timeout = self.timeouts.total
         self.drain_grace = float(opts.get("drain_grace", DRAIN_GRACE))
-        self._client: httpx.AsyncClient | None = None  # the first pool, for side requests
-        self._pools: Pools | None = None
+        self._pool: Pool | None = None
         self._slots: asyncio.Semaphore | None = None
+        self._auth: dict[str, str] = {}  # set by start(), once the key is known
         self._ratelimit_fields = field_table(self.ratelimit_headers)
 
     def _resolve_key(self, opts: Mapping[str, Any]) -> str | None:
@@ -212,31 +211,75 @@ class HttpBackend(Backend):
 
     async def start(self) -> None:
         headers = {"User-Agent": "llmrelay/0.1", **self.extra_headers()}
-        if self._key:
-            headers.update(self.auth_headers(self._key))
+        # Sent per request, so a side request can go without it (llama.cpp's auth check).
+        self._auth = self.auth_headers(self._key) if self._key else {}
         capacity = max(1, self.spec.capacity)
         self._slots = asyncio.Semaphore(capacity)
-        self._pools = Pools(
-            partial(pool_client, self.base_url, headers, self.timeouts, options=self.spec.options),
-            capacity,
+        self._pool = Pool(
+            self.base_url, headers, self.timeouts, capacity, options=self.spec.options
         )
-        self._client = self._pools.clients[0]
 
     async def close(self) -> None:
-        if self._pools is not None:
-            pools, self._pools, self._client = self._pools, None, None
-            await pools.aclose()
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.aclose()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        deadline: float,
+        body: Any = None,
+        params: Mapping[str, str] | None = None,
+        auth: bool = True,
+        accept: str | None = None,
+    ) -> aiohttp.ClientResponse:
+        """One request through the pool: `body` goes as JSON; the response once its head is in
+        (release it). Transport errors are aiohttp's; `_provider_errors` translates them."""
+        if self._pool is None:
+            raise RuntimeError(f"{type(self).__name__}.start() was not called")
+        headers = dict(self._auth) if auth else {}
+        data = None
+        if body is not None:
+            data = orjson.dumps(body)
+        if accept is not None:
+            headers["Accept"] = accept
+        return await self._pool.send(
+            method,
+            path,
+            deadline=deadline,
+            body=data,
+            headers=headers,
+            params=params,
+            provider=self.spec.name,
+        )
+
+    async def fetch_json(
+        self, method: str, path: str, body: Any = None, *, auth: bool = True, timeout: float
+    ) -> tuple[int, Any]:
+        """A small side request: (status, its JSON body, or None when it is not JSON)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        response = await self.request(method, path, body=body, auth=auth, deadline=deadline)
+        try:
+            raw = await self._read(response, deadline, MAX_BODY, strict=True)
+        finally:
+            response.release()
+        try:
+            return response.status, orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return response.status, None
 
     # -- live model list --------------------------------------------------------------------
 
     async def list_models(self) -> list[str] | None:
         """GET the provider's model list; on any failure log `models_unavailable`, return None."""
-        if self.models_path is None or self._client is None:
+        if self.models_path is None or self._pool is None:
             return None
         timeout = float(self.spec.options.get("list_models_timeout", LIST_MODELS_TIMEOUT))
         deadline = asyncio.get_running_loop().time() + timeout
         try:
-            return await self._list_models(self._client, self.models_path, deadline)
+            return await self._list_models(self.models_path, deadline)
         except ProviderError as exc:
             error = scrubbed(exc, [self._key or ""])
             log.warning(
@@ -248,9 +291,7 @@ class HttpBackend(Backend):
             )
             return None
 
-    async def _list_models(
-        self, client: httpx.AsyncClient, path: str, deadline: float
-    ) -> list[str]:
+    async def _list_models(self, path: str, deadline: float) -> list[str]:
         ids: dict[str, None] = {}  # ordered and deduplicated
         params: Mapping[str, str] | None = self.models_params
         seen = 0
@@ -258,16 +299,13 @@ class HttpBackend(Backend):
             for _ in range(MAX_MODEL_PAGES):
                 if params is None or len(ids) >= MAX_MODELS:
                     break
-                with until(deadline):
-                    response = await client.send(
-                        client.build_request("GET", path, params=dict(params)), stream=True
-                    )
+                response = await self.request("GET", path, params=params, deadline=deadline)
                 try:
-                    if not response.is_success:
+                    if not _success(response):
                         raise await self._status_error(response, deadline)
                     body = load_json(await self._read(response, deadline, MAX_BODY, strict=True))
                 finally:
-                    await response.aclose()
+                    response.release()
                 page = _shape_checked(self.model_ids, body)
                 seen += len(page)
                 for item in page:
@@ -279,33 +317,27 @@ class HttpBackend(Backend):
     # -- one job ----------------------------------------------------------------------------
 
     async def generate(self, job: Job, model: str, attempt: int) -> AsyncIterator[StreamEvent]:
-        if self._slots is None or self._pools is None:
+        if self._slots is None or self._pool is None:
             raise RuntimeError("HttpBackend.start() was not called")
-        pools = self._pools
         limits = Reading()  # filled from the response headers, reported with the outcome
         try:
-            # Jobs beyond capacity queue here, not in httpx's pool (whose queue scans every
-            # waiter on each change: quadratic when a caller oversubscribes).
+            # Jobs beyond capacity queue here, not in the client's connection queue.
             async with self._slots:
-                pool = pools.take()
-                try:
-                    events = self._generate(job, model, limits, pools.clients[pool])
-                    async with aclosing(events):
-                        async for event in events:
-                            if isinstance(event, Finish) and limits.values:
-                                event.ratelimit = limits.report() or {}
-                            yield event
-                finally:
-                    pools.give(pool)
+                events = self._generate(job, model, limits)
+                async with aclosing(events):
+                    async for event in events:
+                        if isinstance(event, Finish) and limits.values:
+                            event.ratelimit = limits.report() or {}
+                        yield event
         except ProviderError as exc:
-            # `from None`: a chained httpx error carries the request, headers included.
+            # `from None`: a chained client error carries the request, headers included.
             error = scrubbed(exc, [self._key or ""])
             if error.ratelimit is None:
                 error.ratelimit = limits.report()
             raise error from None
 
     async def _generate(
-        self, job: Job, model: str, limits: Reading, client: httpx.AsyncClient
+        self, job: Job, model: str, limits: Reading
     ) -> AsyncGenerator[StreamEvent, None]:
         if self.key_required and not self._key:
             env = self.spec.options.get("api_key_env") or self.api_key_env
@@ -314,17 +346,17 @@ class HttpBackend(Backend):
                 f"no API key configured (set {env} or options.api_key)",
                 provider=self.spec.name,
             )
-        request = client.build_request("POST", self.path, json=self.build_body(job, model))
-        if self.framing == "sse" and job.stream:
-            request.headers["Accept"] = "text/event-stream"
+        body = self.build_body(job, model)
+        accept = "text/event-stream" if self.framing == "sse" and job.stream else None
         deadline = asyncio.get_running_loop().time() + self.total_timeout
         timed_out = f"request exceeded the total timeout of {self.total_timeout}s"
         with self._provider_errors("response body", "", timed_out):
-            with until(deadline):
-                response = await send_streaming(client, request, self.spec.name)
-            limits.read(self._ratelimit_fields, response.headers)
+            response = await self.request(
+                "POST", self.path, body=body, accept=accept, deadline=deadline
+            )
             try:
-                if not response.is_success:
+                limits.read(self._ratelimit_fields, response.headers)
+                if not _success(response):
                     raise await self._status_error(response, deadline)
                 events = (
                     self._stream(job, response, deadline)
@@ -335,8 +367,9 @@ class HttpBackend(Backend):
                     async for event in events:
                         yield event
             finally:
-                # Runs on success, error, cancel and aclose(): the socket never leaks.
-                await response.aclose()
+                # Runs on success, error, cancel and aclose(): the socket never leaks. A body not
+                # read to its end closes the connection instead of returning it to the pool.
+                response.release()
 
     @contextmanager
     def _provider_errors(self, body: str, prefix: str, timed_out: str) -> Iterator[None]:
@@ -347,10 +380,8 @@ class HttpBackend(Backend):
         """
         try:
             yield
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:  # before TimeoutError: aiohttp's timeouts are both
             raise network_error(self.spec.name, exc, self.timeouts) from None
-        except httpx.DecodingError as exc:
-            raise self._protocol(f"undecodable {body}: {exc}") from None
         except (Malformed, StreamDecodeError) as exc:
             raise self._protocol(f"{prefix}{exc}") from None
         except StreamError as exc:
@@ -359,27 +390,27 @@ class HttpBackend(Backend):
             raise ProviderError(ErrorCategory.NETWORK, timed_out, provider=self.spec.name) from None
 
     async def _stream(
-        self, job: Job, response: httpx.Response, deadline: float
+        self, job: Job, response: aiohttp.ClientResponse, deadline: float
     ) -> AsyncGenerator[StreamEvent, None]:
         decoder = make_decoder(self.framing)
         mapper = self.stream_mapper(job)
-        chunks = response.aiter_bytes()
+        chunks = response.content.iter_any()
         loop = asyncio.get_running_loop()
         read_timeout = self.timeouts.read
         while True:
             try:
                 if read_timeout is not None and loop.time() + read_timeout < deadline:
-                    # httpx's read timeout ends this wait before the deadline could pass, so
-                    # no scope of our own: one per chunk cost ~15% of a streaming worker.
+                    # The socket read timeout ends this wait before the deadline could pass,
+                    # so no scope of our own: one per chunk cost ~15% of a streaming worker.
                     chunk = await anext(chunks)
                 else:
-                    with until(deadline):
+                    async with asyncio.timeout_at(deadline):
                         chunk = await anext(chunks)
                 events = decoder.feed(chunk)
             except StopAsyncIteration:
                 events = decoder.close()
                 chunk = b""
-            except (TimeoutError, httpx.TransportError):
+            except (TimeoutError, aiohttp.ClientError):
                 if mapper.done:  # the body's tail never came; the answer is complete anyway
                     break
                 raise
@@ -395,7 +426,7 @@ class HttpBackend(Backend):
         yield mapper.finish()
 
     async def _whole(
-        self, response: httpx.Response, deadline: float
+        self, response: aiohttp.ClientResponse, deadline: float
     ) -> AsyncGenerator[StreamEvent, None]:
         body = load_json(await self._read(response, deadline, MAX_BODY, strict=True))
         text, finish = _shape_checked(self.parse_body, body)
@@ -404,12 +435,12 @@ class HttpBackend(Backend):
         yield finish
 
     async def _read(
-        self, response: httpx.Response, deadline: float, limit: int, *, strict: bool
+        self, response: aiohttp.ClientResponse, deadline: float, limit: int, *, strict: bool
     ) -> bytes:
         parts: list[bytes] = []
         size = 0
-        with until(deadline):
-            async for chunk in response.aiter_bytes():
+        async with asyncio.timeout_at(deadline):
+            async for chunk in response.content.iter_any():
                 parts.append(chunk)
                 size += len(chunk)
                 if size > limit:
@@ -418,15 +449,17 @@ class HttpBackend(Backend):
                     break
         return b"".join(parts)
 
-    async def _status_error(self, response: httpx.Response, deadline: float) -> ProviderError:
+    async def _status_error(
+        self, response: aiohttp.ClientResponse, deadline: float
+    ) -> ProviderError:
         raw = await self._read(response, deadline, MAX_ERROR_BODY, strict=False)
         info: ErrorInfo | None = None
         with suppress(ValueError, TypeError, AttributeError):
             info = self.error_info(json.loads(raw))
         if info is None:  # not the provider's JSON (a proxy's HTML page, an empty body...)
             text = raw.decode("utf-8", "replace").strip()[:MAX_MESSAGE]
-            info = ErrorInfo(text or response.reason_phrase)
-        return self._classify(info, status=response.status_code, headers=response.headers)
+            info = ErrorInfo(text or response.reason or f"HTTP {response.status}")
+        return self._classify(info, status=response.status, headers=response.headers)
 
     def _classify(
         self,
@@ -446,3 +479,7 @@ class HttpBackend(Backend):
 
     def _protocol(self, message: str) -> ProviderError:
         return ProviderError(ErrorCategory.PROTOCOL, message, provider=self.spec.name)
+
+
+def _success(response: aiohttp.ClientResponse) -> bool:
+    return 200 <= response.status < 300

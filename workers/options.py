@@ -1,7 +1,7 @@
 """The `[providers.X.options]` keys each backend reads, as data (types from protocol.schema).
 
 Kept apart from the backend classes so the broker can check a config's options without
-importing any provider module (which pulls in httpx, anyio and the llama-server supervisor).
+importing any provider module (which pulls in aiohttp and the llama-server supervisor).
 Each class sets `option_keys` from here; `workers.registry.option_schema(kind)` merges them
 along the class chain, and tests/test_broker_shape.py checks both agree for every kind.
 """

@@ -1,7 +1,7 @@
 """Backend kinds by name, and what each kind honours, as data.
 
 Imports are lazy so a worker loads only its own provider, and the broker (which needs only
-`static_features`) loads none: importing a provider module pulls in httpx, anyio and the
+`static_features`) loads none: importing a provider module pulls in aiohttp and the
 llama-server supervisor. tests/test_registry.py checks each backend class agrees with FEATURES.
 """
 

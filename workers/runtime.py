@@ -14,7 +14,6 @@ import signal
 import time
 from typing import Any
 
-import anyio
 import psutil
 import structlog
 
@@ -380,8 +379,7 @@ class WorkerRuntime:
             return
         timeout = float(opts.get("list_models_timeout", LIST_MODELS_TIMEOUT))
         try:
-            # An anyio scope, like HttpBackend's own timeouts (see workers.http.until).
-            with anyio.fail_after(timeout):
+            async with asyncio.timeout(timeout):
                 live = await self.backend.list_models()
         except TimeoutError:
             self.log.warning("models_unavailable", error=f"no model list within {timeout}s")

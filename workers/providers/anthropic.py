@@ -11,8 +11,6 @@ import json
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-import httpx
-
 from catalog.discovery import ENDPOINTS
 from catalog.schemas import SCHEMAS, schema_features
 from protocol.errors import ErrorCategory as C
@@ -24,6 +22,7 @@ from workers.backend import Finish, TextDelta
 from workers.classify import ErrorTable
 from workers.decode import ServerEvent
 from workers.http import (
+    MAX_BODY,
     ErrorInfo,
     HttpBackend,
     Malformed,
@@ -32,7 +31,6 @@ from workers.http import (
     load_json,
     usage,
 )
-from workers.http_pool import network_error
 from workers.ratelimit import ANTHROPIC
 
 SCHEMA = SCHEMAS["anthropic"]
@@ -241,22 +239,24 @@ class AnthropicBackend(HttpBackend):
 
     async def count_prompt(self, messages: list[dict[str, Any]], model: str) -> int:
         """POST /v1/messages/count_tokens: Anthropic's own count (needs a key)."""
-        if self._client is None:
-            raise RuntimeError("AnthropicBackend.start() was not called")
         if not self._key:
             raise ProviderError(C.AUTH, "count_tokens needs an API key", provider=self.spec.name)
         system, turns = convert_messages(messages)
         body: dict[str, Any] = {"model": model, "messages": turns}
         if system is not None:
             body["system"] = system
-        try:
-            response = await self._client.post("/v1/messages/count_tokens", json=body)
-        except httpx.TransportError as exc:
-            raise network_error(self.spec.name, exc, self.timeouts) from None
-        if not response.is_success:
-            deadline = asyncio.get_running_loop().time() + self.total_timeout
-            raise await self._status_error(response, deadline)
-        answer = load_json(response.content)
+        deadline = asyncio.get_running_loop().time() + self.total_timeout
+        timed_out = f"count_tokens exceeded the total timeout of {self.total_timeout}s"
+        with self._provider_errors("count_tokens body", "count_tokens: ", timed_out):
+            response = await self.request(
+                "POST", "/v1/messages/count_tokens", body=body, deadline=deadline
+            )
+            try:
+                if not 200 <= response.status < 300:
+                    raise await self._status_error(response, deadline)
+                answer = load_json(await self._read(response, deadline, MAX_BODY, strict=True))
+            finally:
+                response.release()
         tokens = answer.get("input_tokens") if isinstance(answer, dict) else None
         if not isinstance(tokens, int) or tokens < 0:
             raise ProviderError(

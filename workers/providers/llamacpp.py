@@ -14,12 +14,13 @@ spec.capacity is llama-server's --parallel (one slot per concurrent job).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
 from dataclasses import replace
 from typing import Any, ClassVar, cast
 
-import httpx
+import aiohttp
 
 from catalog.schemas import SCHEMAS, schema_features, schema_for
 from protocol.errors import ErrorCategory, ProviderError
@@ -39,6 +40,8 @@ from workers.providers.openai import OpenAIBackend
 from workers.spec import ProviderSpec
 
 READY_WAIT = 30.0
+PROPS_TIMEOUT = 5.0  # each /props request at start
+DEATH_GRACE = 0.25  # see _settle
 # A prompt surely fits when its UTF-8 bytes (no token is shorter than a byte) plus this
 # template allowance per message, plus max_tokens, fit the window; otherwise it is counted
 # exactly (/apply-template + /tokenize) before anything is generated.
@@ -100,16 +103,16 @@ class LlamaCppBackend(OpenAIBackend):
 
     async def _learn_server(self) -> None:
         """Context window, modalities and slots from /props; check the key is enforced."""
-        assert self._client is not None and self.server is not None
-        root = self.server.base_url
+        assert self.server is not None
+        url = f"{self.server.base_url}/props"
         try:
-            resp = await self._client.get(f"{root}/props")
-            resp.raise_for_status()
-            props = resp.json()
+            status, props = await self.fetch_json("GET", url, timeout=PROPS_TIMEOUT)
+            if status != 200 or props is None:
+                raise ValueError(f"HTTP {status}" if status != 200 else "not JSON")
             # The key travels by environment (LLAMA_API_KEY); an old build might not read it.
-            async with httpx.AsyncClient(timeout=5.0, trust_env=False) as anonymous:
-                self.auth_enforced = (await anonymous.get(f"{root}/props")).status_code == 401
-        except (httpx.HTTPError, ValueError) as exc:
+            status, _ = await self.fetch_json("GET", url, auth=False, timeout=PROPS_TIMEOUT)
+            self.auth_enforced = status == 401
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             message = f"llama-server /props failed: {type(exc).__name__}: {exc}"
             raise self._error(ErrorCategory.SERVER_ERROR, message, retryable=False) from None
         self.props = props if isinstance(props, dict) else {}
@@ -177,20 +180,15 @@ class LlamaCppBackend(OpenAIBackend):
 
     async def _post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         await self._ensure_ready()
-        assert self._client is not None and self.server is not None
+        assert self.server is not None
         url = f"{self.server.base_url}{path}"
         try:
-            try:
-                resp = await self._client.post(url, json=body)
-            except httpx.RemoteProtocolError:
-                # llama-server (cpp-httplib) closes idle keep-alive sockets on its own schedule;
-                # a request that met a just-closed socket was never read: send it again.
-                resp = await self._client.post(url, json=body)
-        except httpx.TransportError as exc:
+            # A stale keep-alive socket (llama-server closes idle ones) is sent again by the pool.
+            status, data = await self.fetch_json("POST", url, body, timeout=self.total_timeout)
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._error(ErrorCategory.NETWORK, f"{path}: {type(exc).__name__}") from None
-        if not resp.is_success:
-            raise self._error(ErrorCategory.SERVER_ERROR, f"{path}: HTTP {resp.status_code}")
-        data = resp.json()
+        if not 200 <= status < 300:
+            raise self._error(ErrorCategory.SERVER_ERROR, f"{path}: HTTP {status}")
         return data if isinstance(data, dict) else {}
 
     # --- generation -----------------------------------------------------------------------
@@ -225,7 +223,7 @@ class LlamaCppBackend(OpenAIBackend):
 
     async def _ensure_ready(self) -> None:
         server = self.server
-        if server is None or self._client is None:
+        if server is None or self._pool is None:
             raise RuntimeError("LlamaCppBackend.start() was not called")
         try:
             await server.wait_ready(self.ready_wait)
@@ -245,6 +243,8 @@ class LlamaCppBackend(OpenAIBackend):
                 async for event in events:
                     yield event
         except ProviderError as exc:
+            if exc.category is ErrorCategory.NETWORK and server.generation == generation:
+                await _settle(server)
             if server.generation != generation or not server.alive():
                 # The server died under this job: retry it once the supervisor restarted it.
                 raise self._error(
@@ -268,3 +268,16 @@ def _texts(messages: list[dict[str, Any]]) -> list[str]:
         else:
             out.append(str(content or ""))
     return out
+
+
+async def _settle(server: LlamaServer) -> None:
+    """Wait briefly for a server whose connection just broke to show whether it is dying.
+
+    A killed process closes its sockets before it turns zombie, so the broken connection can
+    be seen while it still looks alive; the next attempt would then be sent to the dying
+    process (a reset) instead of waiting for the restart.
+    """
+    loop = asyncio.get_running_loop()
+    until = loop.time() + DEATH_GRACE
+    while server.alive() and loop.time() < until:
+        await asyncio.sleep(0.01)
