@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncGenerator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from tests.fakes.drive import FAKE_KEY, collect, make_backend, make_job, started
 from tests.fakes.openai_fake import openai_server
 from tests.fakes.server import FakeServer, Reply, json_response
 from workers.backend import TextDelta
-from workers.http_pool import env_proxy
+from workers.http_pool import env_proxy, tls_context
 
 KINDS = ["openai", "anthropic", "openrouter", "ollama"]
 
@@ -478,3 +479,19 @@ def test_the_environment_names_the_proxy_and_no_proxy_exempts(
     assert asyncio.run(proxy_of(backend)) is None
     backend = make_backend("openai", "https://api.openai.com/v1")
     assert asyncio.run(proxy_of(backend)) == "http://proxy.internal:3128"
+
+
+def test_tls_trusts_certifi_or_the_bundle_the_environment_names(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    import certifi
+
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))
+    assert tls_context(True).cert_store_stats()["x509_ca"] > 50  # certifi, the default
+    one = tmp_path / "one.pem"
+    pem = Path(certifi.where()).read_text()
+    one.write_text(pem[: pem.index("-----END CERTIFICATE-----") + 26])
+    monkeypatch.setenv("SSL_CERT_FILE", str(one))
+    assert tls_context(True).cert_store_stats()["x509_ca"] == 1
+    assert tls_context(False).cert_store_stats()["x509_ca"] > 50  # trust_env off: certifi

@@ -17,6 +17,9 @@ never answered it.
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
+import ssl
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +27,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
+import certifi
 import structlog
 from aiohttp.abc import AbstractStreamWriter
 from yarl import URL
@@ -37,6 +41,7 @@ CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 120.0  # idle time between bytes; a local model may think long before a token
 WRITE_TIMEOUT = 30.0
 TOTAL_TIMEOUT = 600.0
+MAX_HEADER_LINE = 16 << 10  # bytes
 KEEPALIVE_EXPIRY = 4.0  # below the 5 s after which llama-server, uvicorn and Node close idle ones
 
 # What a request meets on a connection the server closed as the request went out: the close
@@ -80,8 +85,10 @@ class Pool:
         trace.on_connection_create_end.append(_connected_fresh)
         trace.on_connection_reuseconn.append(_connected)
         trace.on_request_headers_sent.append(_headers_sent)
+        trust_env = bool(options.get("trust_env", True))
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
+                ssl=tls_context(trust_env),
                 limit=capacity,
                 limit_per_host=0,
                 keepalive_timeout=float(options.get("keepalive_expiry", KEEPALIVE_EXPIRY)),
@@ -101,8 +108,12 @@ class Pool:
             # request: two thread hand-offs per job. The environment is read once instead.
             trust_env=False,
             auto_decompress=True,
+            # h11's limit (httpx), above aiohttp's 8 KiB: a CDN in front of a provider can send
+            # long header lines.
+            max_line_size=MAX_HEADER_LINE,
+            max_field_size=MAX_HEADER_LINE,
         )
-        self.proxy = env_proxy(self.base_url) if options.get("trust_env", True) else None
+        self.proxy = env_proxy(self.base_url) if trust_env else None
 
     def url(self, path: str) -> URL:
         """`path` under the base URL (an absolute http(s) URL is taken as it is)."""
@@ -157,6 +168,24 @@ class Pool:
 
     async def aclose(self) -> None:
         await self.session.close()
+
+
+def tls_context(trust_env: bool) -> ssl.SSLContext:
+    """Certificates as httpx verified them: certifi's bundle, or SSL_CERT_FILE / SSL_CERT_DIR
+    when the environment names them (and trust_env is on)."""
+    cafile = os.environ.get("SSL_CERT_FILE") if trust_env else None
+    capath = os.environ.get("SSL_CERT_DIR") if trust_env else None
+    if cafile and os.path.isfile(cafile):
+        return _context(cafile, None)
+    if capath and os.path.isdir(capath):
+        return _context(None, capath)
+    return _context(certifi.where(), None)
+
+
+@functools.lru_cache(maxsize=8)
+def _context(cafile: str | None, capath: str | None) -> ssl.SSLContext:
+    # Loading a bundle takes ~20 ms; every pool of a process shares the one context.
+    return ssl.create_default_context(cafile=cafile, capath=capath)
 
 
 def env_proxy(url: str) -> str | None:
