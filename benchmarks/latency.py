@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import orjson
 
@@ -75,6 +76,7 @@ async def fan_out(n: int, concurrency: int, one: Callable[[], Awaitable[Sample]]
 SHARD = 8
 DIRECT = "direct httpx"
 SHARDED = "direct httpx, pools of 8"
+AIOHTTP = "direct aiohttp"  # the client the workers use, on its own: the fastest floor here
 
 
 def openai_stream_client(
@@ -127,6 +129,38 @@ def openai_stream_client(
             await shard.aclose()
 
     return aclose, run
+
+
+def aiohttp_stream_client(
+    base_url: str, model: str, key: str = "bench"
+) -> tuple[Callable[[], Awaitable[None]], Runner]:
+    """The same streaming client on aiohttp, one session of 128 connections."""
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=128, keepalive_timeout=300),
+        headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
+    )
+    url = base_url.rstrip("/") + "/chat/completions"
+    data = orjson.dumps({"model": model, "messages": MESSAGES, "stream": True})
+
+    async def one() -> Sample:
+        started = time.perf_counter()
+        first = 0.0
+        async with session.post(url, data=data) as response:
+            response.raise_for_status()
+            async for raw in response.content:  # line by line
+                line = raw.rstrip(b"\r\n")
+                if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                    continue
+                event = orjson.loads(line[6:])
+                choices = event.get("choices") or [{}]
+                if choices[0].get("delta", {}).get("content") and not first:
+                    first = time.perf_counter() - started
+        return first, time.perf_counter() - started
+
+    async def run(n: int, concurrency: int) -> list[Sample]:
+        return await fan_out(n, concurrency, one)
+
+    return session.close, run
 
 
 def llmrelay_runner(client: AsyncClient, model: str) -> Runner:
@@ -325,11 +359,17 @@ async def main_async(sizes: Sizes, peers: bool) -> list[Row]:
         # httpx here, and what drives the gateway and proxy rows).
         close_direct, direct = openai_stream_client(url, "bench", pool=128)
         close_sharded, sharded = openai_stream_client(url, "bench")
-        runners: dict[str, Runner] = {DIRECT: direct, SHARDED: sharded}
-        procs: dict[str, dict[str, Any]] = {DIRECT: {"client": me}, SHARDED: {"client": me}}
+        close_aiohttp, plain_aiohttp = aiohttp_stream_client(url, "bench")
+        runners: dict[str, Runner] = {DIRECT: direct, SHARDED: sharded, AIOHTTP: plain_aiohttp}
+        procs: dict[str, dict[str, Any]] = {
+            DIRECT: {"client": me},
+            SHARDED: {"client": me},
+            AIOHTTP: {"client": me},
+        }
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(close_direct)
             stack.push_async_callback(close_sharded)
+            stack.push_async_callback(close_aiohttp)
             for replicas in (1, 2):
                 name = f"llmrelay, {replicas} openai worker{'s' if replicas > 1 else ''}"
                 process = stack.enter_context(
@@ -354,20 +394,21 @@ async def main_async(sizes: Sizes, peers: bool) -> list[Row]:
             results = await paths_on(url, sizes, procs, runners)
         paths = [p for p in runners if p != DIRECT]
         rows += latency_rows(results, DIRECT, paths)
-        floor = results[(SHARDED, 64)]
-        for name in ("llmrelay, 1 openai worker", "llmrelay, 2 openai workers"):
-            got = results[(name, 64)]
-            rows.append(
-                Row(
-                    "throughput",
-                    "jobs/s @64",
-                    name,
-                    SHARDED,
-                    got.rate,
-                    floor.rate,
-                    cpu_ms_per_job=got.cpu,
+        for floor_name in (SHARDED, AIOHTTP):
+            floor = results[(floor_name, 64)]
+            for name in ("llmrelay, 1 openai worker", "llmrelay, 2 openai workers"):
+                got = results[(name, 64)]
+                rows.append(
+                    Row(
+                        "throughput",
+                        "jobs/s @64",
+                        name,
+                        floor_name,
+                        got.rate,
+                        floor.rate,
+                        cpu_ms_per_job=got.cpu,
+                    )
                 )
-            )
         relay = results[("llmrelay, 1 openai worker", 64)]
         if peers:
             router = results[("LiteLLM Router", 64)]

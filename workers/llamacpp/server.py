@@ -17,7 +17,7 @@ import time
 from collections import deque
 from typing import Any
 
-import httpx
+import aiohttp
 import psutil
 import structlog
 
@@ -62,7 +62,7 @@ class LlamaServer:
         self._ready = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self._readers: list[asyncio.Task[None]] = []
-        self._probe: httpx.AsyncClient | None = None
+        self._probe: aiohttp.ClientSession | None = None
         self.log = log.bind(provider=name)
 
     # --- public ---------------------------------------------------------------------------
@@ -88,7 +88,9 @@ class LlamaServer:
 
     async def start(self) -> None:
         """Launch and wait until ready; ServerFailed if the model cannot be served."""
-        self._probe = httpx.AsyncClient(timeout=self.config.health_timeout, trust_env=False)
+        self._probe = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.config.health_timeout)
+        )
         self.state = ServerState.STARTING
         try:
             self._check_model()
@@ -148,7 +150,7 @@ class LlamaServer:
                 await self._supervisor
         await self._kill()
         if self._probe is not None:
-            await self._probe.aclose()
+            await self._probe.close()
         self.log.info("llama_server_closed", restarts=self.restarts)
 
     def stats(self) -> dict[str, Any]:
@@ -310,10 +312,10 @@ class LlamaServer:
         """/health status code, or None when nothing answered in time."""
         assert self._probe is not None
         try:
-            resp = await self._probe.get(f"{self.base_url}/health")
-        except httpx.HTTPError:
+            async with self._probe.get(f"{self.base_url}/health") as resp:
+                return resp.status
+        except (aiohttp.ClientError, TimeoutError):
             return None
-        return resp.status_code
 
     async def _drain_output(self) -> None:
         """Let the readers catch the dying process's last lines for the error message."""
