@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import select
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any
 
+import pytest
 import zmq
 
 from protocol import messages as m
@@ -211,6 +213,33 @@ async def test_first_text_goes_at_once_only_when_nothing_else_waits_in_the_turn(
             assert first == [(0, f"{name}1"), (1, f"{name}2")]  # alone in its turn at first
             other = second[0][1][0]
             assert second == [(0, f"{other}1{other}2")]
+        finally:
+            await stop(rt, task)
+
+
+def test_a_lone_attempt_yields_the_core_after_its_first_frame_and_a_busy_worker_does_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The yield that lets ZeroMQ's I/O thread send a first token at once (see push_text):
+    once per lone attempt, never while other attempts run on the worker."""
+    yields: list[int] = []
+    monkeypatch.setattr(os, "sched_yield", lambda: yields.append(1))
+    asyncio.run(_yields(yields))
+
+
+async def _yields(yields: list[int]) -> None:
+    with router() as (broker, endpoint):
+        rt = WorkerRuntime(spec(token_count=3), endpoint)
+        task, identity = await started(rt, broker)
+        try:
+            broker.send_multipart([identity, dispatch(mock_job())])
+            await token_frames(broker)
+            assert yields == [1]
+            rt.running[("busy", 1)] = object()  # type: ignore[assignment]  # another attempt
+            broker.send_multipart([identity, dispatch(mock_job())])
+            await token_frames(broker)
+            assert yields == [1]  # two attempts in flight: no yield
+            del rt.running[("busy", 1)]
         finally:
             await stop(rt, task)
 

@@ -16,6 +16,7 @@ import asyncio
 import os
 import time
 from collections import deque
+from collections.abc import Sized
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,8 +42,9 @@ class RunningJob:
 
 
 class Outgoing:
-    def __init__(self, link: PeerLink) -> None:
+    def __init__(self, link: PeerLink, running: Sized = ()) -> None:
         self.link = link
+        self.running = running  # the worker's attempts in flight (see push_text)
         self.queue: deque[tuple[str, Any]] = deque()  # ("msg", frames) or ("tokens", run)
         self.ready = asyncio.Event()
         self.turn: list[RunningJob] = []  # jobs with text from this loop turn (see push_text)
@@ -79,12 +81,14 @@ class Outgoing:
             # the first token (-0.45 ms TTFT at concurrency 1). Under load other jobs' text
             # is already pending in the turn, so no extra frame is spent there.
             self._send_text(run, text)
-            # ZeroMQ writes the frame from its I/O thread. Where that thread shares a core with
-            # this one (client, broker and worker on one core of two here), the scheduler lets
-            # this thread parse the rest of the read first: the frame then left 0.81 ms after
-            # this call at concurrency 1, and 0.19 ms with this yield. Alone on its core, a
-            # yield returns at once.
-            os.sched_yield()
+            if len(self.running) <= 1:
+                # ZeroMQ writes the frame from its I/O thread. Where that thread shares a core
+                # with this one (client, broker and worker on one core of two here), the
+                # scheduler lets this thread parse the rest of the read first: the frame left
+                # 0.81 ms after this call at concurrency 1, 0.19 ms with this yield. Only for a
+                # lone attempt: under load the yield hands the core to other processes in the
+                # middle of other jobs' work (-9% jobs/s at 64 in one A/B of two).
+                os.sched_yield()
             return
         if not self.turn:
             asyncio.get_running_loop().call_soon(self.end_turn)

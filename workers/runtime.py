@@ -80,7 +80,7 @@ class WorkerRuntime:
         self.abandoned: set[asyncio.Task[None]] = set()
         self.broker_instance: str | None = None  # the broker run we registered with, once known
         self.counting: set[asyncio.Task[None]] = set()  # exact token counts being made
-        self.outgoing = Outgoing(self.link)
+        self.outgoing = Outgoing(self.link, self.running)
         self.stopping = asyncio.Event()
         self.exit_code = 0
         self.done_jobs = 0
