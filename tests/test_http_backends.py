@@ -17,6 +17,7 @@ from tests.fakes.drive import FAKE_KEY, collect, make_backend, make_job, started
 from tests.fakes.openai_fake import openai_server
 from tests.fakes.server import FakeServer, Reply, json_response
 from workers.backend import TextDelta
+from workers.http import Malformed, load_json
 from workers.http_pool import env_proxy, tls_context
 
 KINDS = ["openai", "anthropic", "openrouter", "ollama"]
@@ -495,3 +496,12 @@ def test_tls_trusts_certifi_or_the_bundle_the_environment_names(
     monkeypatch.setenv("SSL_CERT_FILE", str(one))
     assert tls_context(True).cert_store_stats()["x509_ca"] == 1
     assert tls_context(False).cert_store_stats()["x509_ca"] > 50  # trust_env off: certifi
+
+
+def test_json_of_every_event_reads_what_the_stdlib_read_and_refuses_junk_clearly() -> None:
+    assert load_json(b'{"a":"\\u00e9","n":1}') == {"a": "é", "n": 1}
+    # A JavaScript server can split a UTF-16 pair between two events: each half still reads.
+    assert load_json('{"t":"\\ud83d"}') == {"t": "\ud83d"}
+    for junk in (b"\xff", b"[" * 5000, b"{", b""):
+        with pytest.raises(Malformed, match="invalid JSON"):
+            load_json(junk)

@@ -87,10 +87,20 @@ class StreamMapper(ABC):
 
 
 def load_json(data: str | bytes) -> Any:
+    # orjson: a third of the stdlib's time per SSE event (json.loads was 11% of a streaming
+    # worker's samples). What it refuses goes to the stdlib, which reads a little more: a
+    # lone surrogate escape (a JavaScript server that split a UTF-16 pair between two events)
+    # and NaN.
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        pass
     try:
         return json.loads(data)
     except json.JSONDecodeError as exc:
         raise Malformed(f"invalid JSON ({exc.msg} at char {exc.pos})") from None
+    except RecursionError:
+        raise Malformed("invalid JSON (nested too deeply)") from None
     except ValueError as exc:  # bytes that are not UTF-8
         raise Malformed(f"invalid JSON ({exc})") from None
 
@@ -455,7 +465,7 @@ class HttpBackend(Backend):
         raw = await self._read(response, deadline, MAX_ERROR_BODY, strict=False)
         info: ErrorInfo | None = None
         with suppress(ValueError, TypeError, AttributeError):
-            info = self.error_info(json.loads(raw))
+            info = self.error_info(orjson.loads(raw))
         if info is None:  # not the provider's JSON (a proxy's HTML page, an empty body...)
             text = raw.decode("utf-8", "replace").strip()[:MAX_MESSAGE]
             info = ErrorInfo(text or response.reason or f"HTTP {response.status}")
