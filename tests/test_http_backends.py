@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncGenerator
 from pathlib import Path
@@ -505,3 +506,24 @@ def test_json_of_every_event_reads_what_the_stdlib_read_and_refuses_junk_clearly
     for junk in (b"\xff", b"[" * 5000, b"{", b""):
         with pytest.raises(Malformed, match="invalid JSON"):
             load_json(junk)
+
+
+def test_a_token_count_does_not_wait_for_the_streams_holding_every_connection(
+    anthropic_fake: FakeServer,
+) -> None:
+    # capacity 1, its one stream stalled: the count still gets a connection of its own.
+    anthropic_fake.default = Reply(tokens=["a", "b"], stall_after=1)
+
+    async def run() -> int:
+        backend = backend_for("anthropic", anthropic_fake, capacity=1, connect_timeout=0.5)
+        async with started(backend) as b:
+            stream = asyncio.ensure_future(collect(b, make_job()))
+            await asyncio.sleep(0.2)  # the stream holds the pool's one streaming connection
+            try:
+                return int(await b.count_prompt([{"role": "user", "content": "one two"}], "m"))
+            finally:
+                stream.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ProviderError):
+                    await stream
+
+    assert asyncio.run(run()) == 2

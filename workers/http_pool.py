@@ -42,6 +42,7 @@ READ_TIMEOUT = 120.0  # idle time between bytes; a local model may think long be
 WRITE_TIMEOUT = 30.0
 TOTAL_TIMEOUT = 600.0
 MAX_HEADER_LINE = 16 << 10  # bytes
+SIDE_CONNECTIONS = 2  # beyond the backend's capacity, see Pool
 KEEPALIVE_EXPIRY = 4.0  # below the 5 s after which llama-server, uvicorn and Node close idle ones
 
 # What a request meets on a connection the server closed as the request went out: the close
@@ -79,7 +80,7 @@ class Pool:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeouts = timeouts
-        self.capacity = capacity
+        self.connections = capacity + SIDE_CONNECTIONS
         self._urls: dict[str, URL] = {}
         trace = aiohttp.TraceConfig()
         trace.on_connection_create_end.append(_connected_fresh)
@@ -89,7 +90,9 @@ class Pool:
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
                 ssl=tls_context(trust_env),
-                limit=capacity,
+                # Side requests (model list, token counts) run beside `capacity` streams and
+                # must not wait for one to end: aiohttp's connect timeout counts that wait.
+                limit=self.connections,
                 limit_per_host=0,
                 keepalive_timeout=float(options.get("keepalive_expiry", KEEPALIVE_EXPIRY)),
             ),
@@ -140,7 +143,7 @@ class Pool:
         Each stale connection fails once and leaves the pool, so at most one retry per pooled
         connection happens before a fresh one is opened; a fresh connection failing is an error.
         """
-        for retry in range(self.capacity + 1):
+        for retry in range(self.connections + 1):
             phase = _Phase(deadline, self.timeouts.write)
             try:
                 async with asyncio.timeout_at(deadline) as scope:
@@ -161,7 +164,7 @@ class Pool:
                     raise WriteTimeout(written) from None
                 raise
             except _STALE as exc:
-                if phase.fresh or retry == self.capacity or _unconnected(exc):
+                if phase.fresh or retry == self.connections or _unconnected(exc):
                     raise
                 log.info("stale_connection_retried", provider=provider)
         raise AssertionError("unreachable: the last try returns or raises")
