@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml
 
 lint: install
 	$(BIN)/ruff check protocol dispatcher workers catalog batch gateway tests benchmarks examples
+	$(BIN)/ruff format --check protocol dispatcher workers catalog batch gateway tests benchmarks examples
 	$(BIN)/mypy
 
 # The real-model test (tests/test_batch_smollm2.py) needs SmolLM2 in .cache/models/ (98 MB from

@@ -493,9 +493,7 @@ class AnthropicFormat(BatchFormat):
     def bad_line(self, bad: BadLine) -> dict[str, Any]:
         return {
             "custom_id": bad.custom_id,
-            "result": self._errored(
-                ErrorCategory.INVALID_REQUEST, f"line {bad.line}: {bad.error}"
-            ),
+            "result": self._errored(ErrorCategory.INVALID_REQUEST, f"line {bad.line}: {bad.error}"),
             "llmrelay": bad_line_meta(bad),
         }
 

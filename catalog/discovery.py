@@ -52,6 +52,8 @@ def ollama_host(value: str | None) -> str:
     if ":" not in host.rsplit("]", 1)[-1]:
         host += ":11434"
     return f"{scheme}://{host.replace('0.0.0.0', '127.0.0.1')}"
+
+
 ANTHROPIC_VERSION = "2023-06-01"
 LISTING_NEEDS_KEY = ("openai", "anthropic")  # OpenRouter's and Ollama's lists are open
 

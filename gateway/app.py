@@ -265,9 +265,7 @@ class Gateway:
             job = self.make_job(kwargs, stream)
             client = self.link.client(name)
             # A stream's headers go out with its first text: it asks who answers by then.
-            events = cast(
-                AsyncGenerator[Event, None], client.submit_job(job, answering=stream)
-            )
+            events = cast(AsyncGenerator[Event, None], client.submit_job(job, answering=stream))
             pump = Pump(events, self._limit(stream), self.backlog)
             try:
                 await self.until_disconnect(request, self._settled(pump, stream))

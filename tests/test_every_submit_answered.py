@@ -68,7 +68,9 @@ def running_on(worker: FakeWorker, h: CoreHarness) -> list[str]:
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])  # fmt: skip
 @given(st.lists(op, min_size=1, max_size=40))
 def test_every_submit_gets_exactly_one_final_answer(program: list[tuple[Any, ...]]) -> None:
-    h = CoreHarness(PROVIDERS, {"chain": ["a:m", "b:m"]}, heartbeat_interval=1.0, heartbeat_liveness=3)
+    h = CoreHarness(
+        PROVIDERS, {"chain": ["a:m", "b:m"]}, heartbeat_interval=1.0, heartbeat_liveness=3
+    )
     h.config.routes["bad"] = ["a"]  # a Config built in code is not checked like a file
     submitted: list[str] = []
     workers: list[FakeWorker] = []

@@ -13,9 +13,7 @@ from tests.gateway_support import GatewayProcess, mock_provider
 pytestmark = pytest.mark.timeout(120)
 
 
-def test_files_round_trip_and_survive_a_restart(
-    broker_factory: Any, gateway_factory: Any
-) -> None:
+def test_files_round_trip_and_survive_a_restart(broker_factory: Any, gateway_factory: Any) -> None:
     broker = broker_factory({"mock": mock_provider()})
     broker.wait_workers(1)
     gateway: GatewayProcess = gateway_factory(broker)

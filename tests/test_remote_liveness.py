@@ -23,6 +23,7 @@ from tests.harness import BrokerProcess
 
 pytestmark = pytest.mark.timeout(180)
 
+
 def remote_broker(broker_factory: Any) -> tuple[BrokerProcess, list[subprocess.Popen[bytes]]]:
     """A broker and two workers started by hand, all on the defaults users get."""
     broker: BrokerProcess = broker_factory(
