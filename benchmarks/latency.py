@@ -79,6 +79,14 @@ SHARDED = "direct httpx, pools of 8"
 AIOHTTP = "direct aiohttp"  # the client the workers use, on its own: the fastest floor here
 
 
+def has_content(line: bytes) -> bool:
+    """An SSE line of an OpenAI chat stream that carries text (what TTFT waits for)."""
+    if not line.startswith(b"data: ") or line == b"data: [DONE]":
+        return False
+    choices = orjson.loads(line[6:]).get("choices") or [{}]
+    return bool(choices[0].get("delta", {}).get("content"))
+
+
 def openai_stream_client(
     base_url: str, model: str, key: str = "bench", pool: int = SHARD
 ) -> tuple[Callable[[], Awaitable[None]], Runner]:
@@ -111,11 +119,7 @@ def openai_stream_client(
             async with shards[i].stream("POST", "/chat/completions", json=body) as response:
                 response.raise_for_status()
                 async for line in response.aiter_lines():
-                    if not line.startswith("data: ") or line == "data: [DONE]":
-                        continue
-                    event = orjson.loads(line[6:])
-                    choices = event.get("choices") or [{}]
-                    if choices[0].get("delta", {}).get("content") and not first:
+                    if not first and has_content(line.encode()):
                         first = time.perf_counter() - started
             return first, time.perf_counter() - started
         finally:
@@ -147,13 +151,8 @@ def aiohttp_stream_client(
         first = 0.0
         async with session.post(url, data=data) as response:
             response.raise_for_status()
-            async for raw in response.content:  # line by line
-                line = raw.rstrip(b"\r\n")
-                if not line.startswith(b"data: ") or line == b"data: [DONE]":
-                    continue
-                event = orjson.loads(line[6:])
-                choices = event.get("choices") or [{}]
-                if choices[0].get("delta", {}).get("content") and not first:
+            async for line in response.content:  # line by line
+                if not first and has_content(line.rstrip(b"\r\n")):
                     first = time.perf_counter() - started
         return first, time.perf_counter() - started
 

@@ -168,7 +168,6 @@ class HttpBackend(Backend):
             write=float(opts.get("write_timeout", WRITE_TIMEOUT)),
             total=float(opts.get("total_timeout", TOTAL_TIMEOUT)),
         )
-        self.total_timeout = self.timeouts.total
         self.drain_grace = float(opts.get("drain_grace", DRAIN_GRACE))
         self._pool: Pool | None = None
         self._slots: asyncio.Semaphore | None = None
@@ -265,6 +264,25 @@ class HttpBackend(Backend):
             provider=self.spec.name,
         )
 
+    async def call_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        deadline: float,
+        body: Any = None,
+        params: Mapping[str, str] | None = None,
+    ) -> Any:
+        """A side request whose JSON answer is wanted; a non-2xx status is the provider's
+        error, classified. Run it inside `_provider_errors`."""
+        response = await self.request(method, path, body=body, params=params, deadline=deadline)
+        try:
+            if not _success(response):
+                raise await self._status_error(response, deadline)
+            return load_json(await self._read(response, deadline, MAX_BODY, strict=True))
+        finally:
+            response.release()
+
     async def fetch_json(
         self, method: str, path: str, body: Any = None, *, auth: bool = True, timeout: float
     ) -> tuple[int, Any]:
@@ -309,13 +327,7 @@ class HttpBackend(Backend):
             for _ in range(MAX_MODEL_PAGES):
                 if params is None or len(ids) >= MAX_MODELS:
                     break
-                response = await self.request("GET", path, params=params, deadline=deadline)
-                try:
-                    if not _success(response):
-                        raise await self._status_error(response, deadline)
-                    body = load_json(await self._read(response, deadline, MAX_BODY, strict=True))
-                finally:
-                    response.release()
+                body = await self.call_json("GET", path, params=params, deadline=deadline)
                 page = _shape_checked(self.model_ids, body)
                 seen += len(page)
                 for item in page:
@@ -358,8 +370,8 @@ class HttpBackend(Backend):
             )
         body = self.build_body(job, model)
         accept = "text/event-stream" if self.framing == "sse" and job.stream else None
-        deadline = asyncio.get_running_loop().time() + self.total_timeout
-        timed_out = f"request exceeded the total timeout of {self.total_timeout}s"
+        deadline = asyncio.get_running_loop().time() + self.timeouts.total
+        timed_out = f"request exceeded the total timeout of {self.timeouts.total}s"
         with self._provider_errors("response body", "", timed_out):
             response = await self.request(
                 "POST", self.path, body=body, accept=accept, deadline=deadline

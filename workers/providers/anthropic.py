@@ -22,7 +22,6 @@ from workers.backend import Finish, TextDelta
 from workers.classify import ErrorTable
 from workers.decode import ServerEvent
 from workers.http import (
-    MAX_BODY,
     ErrorInfo,
     HttpBackend,
     Malformed,
@@ -245,18 +244,12 @@ class AnthropicBackend(HttpBackend):
         body: dict[str, Any] = {"model": model, "messages": turns}
         if system is not None:
             body["system"] = system
-        deadline = asyncio.get_running_loop().time() + self.total_timeout
-        timed_out = f"count_tokens exceeded the total timeout of {self.total_timeout}s"
+        deadline = asyncio.get_running_loop().time() + self.timeouts.total
+        timed_out = f"count_tokens exceeded the total timeout of {self.timeouts.total}s"
         with self._provider_errors("count_tokens body", "count_tokens: ", timed_out):
-            response = await self.request(
+            answer = await self.call_json(
                 "POST", "/v1/messages/count_tokens", body=body, deadline=deadline
             )
-            try:
-                if not 200 <= response.status < 300:
-                    raise await self._status_error(response, deadline)
-                answer = load_json(await self._read(response, deadline, MAX_BODY, strict=True))
-            finally:
-                response.release()
         tokens = answer.get("input_tokens") if isinstance(answer, dict) else None
         if not isinstance(tokens, int) or tokens < 0:
             raise ProviderError(

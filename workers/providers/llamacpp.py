@@ -184,7 +184,7 @@ class LlamaCppBackend(OpenAIBackend):
         url = f"{self.server.base_url}{path}"
         try:
             # A stale keep-alive socket (llama-server closes idle ones) is sent again by the pool.
-            status, data = await self.fetch_json("POST", url, body, timeout=self.total_timeout)
+            status, data = await self.fetch_json("POST", url, body, timeout=self.timeouts.total)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._error(ErrorCategory.NETWORK, f"{path}: {type(exc).__name__}") from None
         if not 200 <= status < 300:
