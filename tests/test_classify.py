@@ -22,7 +22,8 @@ from protocol.errors import ErrorCategory as C
 from protocol.job import Job
 from workers.classify import classify, parse_retry_after, scrub, scrubbed
 from workers.decode import ServerEvent
-from workers.http import ErrorInfo, HttpBackend, StreamError
+from workers.http import HttpBackend
+from workers.http_mapping import ErrorInfo, StreamError
 from workers.http_pool import Timeouts, WriteTimeout, network_error
 from workers.registry import backend_class
 from workers.spec import ProviderSpec

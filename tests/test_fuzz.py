@@ -26,7 +26,8 @@ from protocol.errors import ProtocolViolation, ProviderError
 from protocol.results import Done, Reset, Token
 from tests.fuzz_frames import JOB, header_frames, json_values, messages, values
 from workers.decode import ServerEvent, StreamDecodeError, make_decoder
-from workers.http import HttpBackend, Malformed, StreamError, _shape_checked
+from workers.http import HttpBackend
+from workers.http_mapping import Malformed, StreamError, shape_checked
 from workers.registry import backend_class
 from workers.spec import ProviderSpec
 
@@ -161,7 +162,7 @@ def test_stream_mappers_raise_only_their_documented_errors(
     try:
         for name, data in events:
             # The streaming path's own wrapper: a wrong JSON shape becomes Malformed there.
-            for delta in _shape_checked(mapper.on_event, ServerEvent(data=data, event=name)):
+            for delta in shape_checked(mapper.on_event, ServerEvent(data=data, event=name)):
                 assert isinstance(delta.text, str)
         mapper.finish()
     except (StreamError, Malformed, ProviderError):

@@ -18,7 +18,7 @@ from tests.fakes.drive import FAKE_KEY, collect, make_backend, make_job, started
 from tests.fakes.openai_fake import openai_server
 from tests.fakes.server import FakeServer, Reply, json_response
 from workers.backend import TextDelta
-from workers.http import Malformed, load_json
+from workers.http_mapping import Malformed, load_json
 from workers.http_pool import env_proxy, tls_context
 
 KINDS = ["openai", "anthropic", "openrouter", "ollama"]

@@ -7,14 +7,12 @@ everything about connections, timeouts, decoding, cancellation and key hygiene l
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
+from abc import abstractmethod
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from contextlib import aclosing, contextmanager, suppress
-from dataclasses import dataclass
 from functools import partial
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import aiohttp
 import orjson
@@ -26,7 +24,15 @@ from protocol.schema import Key
 from workers import options
 from workers.backend import MAX_MODEL_ID, MAX_MODELS, Backend, Finish, StreamEvent, TextDelta
 from workers.classify import MAX_MESSAGE, ErrorTable, classify, scrubbed
-from workers.decode import Framing, ServerEvent, StreamDecodeError, make_decoder
+from workers.decode import Framing, StreamDecodeError, make_decoder
+from workers.http_mapping import (
+    ErrorInfo,
+    Malformed,
+    StreamError,
+    StreamMapper,
+    load_json,
+    shape_checked,
+)
 from workers.http_pool import (
     CONNECT_TIMEOUT,
     READ_TIMEOUT,
@@ -39,8 +45,6 @@ from workers.http_pool import (
 from workers.ratelimit import OPENAI, HeaderFamily, Reading, field_table
 from workers.spec import ProviderSpec
 
-T = TypeVar("T")
-
 # Defaults for spec.options (the timeouts' are in workers/http_pool.py); in seconds.
 DRAIN_GRACE = 2.0  # after the terminator, wait this long for the body's end to reuse the socket
 MAX_BODY = 32 << 20  # a non-streamed response body larger than this is refused
@@ -49,95 +53,6 @@ LIST_MODELS_TIMEOUT = 10.0  # the whole model-list fetch, all pages
 MAX_MODEL_PAGES = 10
 
 log = structlog.get_logger("llmrelay.worker")
-
-
-class Malformed(ValueError):
-    """The provider sent something that does not follow its own wire format."""
-
-
-@dataclass(slots=True, frozen=True)
-class ErrorInfo:
-    """What a provider's error body says, in its own words."""
-
-    message: str
-    codes: tuple[str | int | None, ...] = ()
-    status: int | None = None  # when the body carries the HTTP status (OpenRouter mid-stream)
-
-
-class StreamError(Exception):
-    """An error the provider reported inside a 200 response (mid-stream or in the body)."""
-
-    def __init__(self, info: ErrorInfo) -> None:
-        super().__init__(info.message)
-        self.info = info
-
-
-class StreamMapper(ABC):
-    """Per-request state that turns decoded events into text; one per provider."""
-
-    done = False  # the provider's terminator was seen
-
-    @abstractmethod
-    def on_event(self, event: ServerEvent) -> list[TextDelta]:
-        """Text in this event; raise StreamError for an error event, Malformed for junk."""
-
-    @abstractmethod
-    def finish(self) -> Finish:
-        """The Finish at end of stream; raise Malformed if the stream was cut short."""
-
-
-def load_json(data: str | bytes) -> Any:
-    # orjson: a third of the stdlib's time per SSE event (json.loads was 11% of a streaming
-    # worker's samples). What it refuses goes to the stdlib, which reads a little more: a
-    # lone surrogate escape (a JavaScript server that split a UTF-16 pair between two events)
-    # and NaN.
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        pass
-    try:
-        return json.loads(data)
-    except json.JSONDecodeError as exc:
-        raise Malformed(f"invalid JSON ({exc.msg} at char {exc.pos})") from None
-    except RecursionError:
-        raise Malformed("invalid JSON (nested too deeply)") from None
-    except ValueError as exc:  # bytes that are not UTF-8
-        raise Malformed(f"invalid JSON ({exc})") from None
-
-
-def _shape_checked(read: Callable[[Any], T], data: Any) -> T:
-    """Run a provider's reader; JSON of an unexpected shape is the server's fault, not ours."""
-    try:
-        return read(data)
-    except Malformed:
-        raise
-    # ValueError: e.g. dict.update() given a list where the format has an object (found by
-    # tests/test_fuzz.py); int() of a non-numeric string.
-    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
-        raise Malformed(f"unexpected response shape ({type(exc).__name__}: {exc})") from None
-
-
-def usage(
-    prompt: Any, completion: Any, cost: Any = None, *, cached: Any = None, written: Any = None
-) -> dict[str, Any]:
-    """The normalized usage every backend reports. `prompt` counts every prompt token; of
-    them, `cached` were read from the provider's prompt cache and `written` were written to
-    it (catalog.cost prices each at its own rate)."""
-    p = int(prompt or 0)
-    c = int(completion or 0)
-    out: dict[str, Any] = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
-    if cached:
-        out["cached_tokens"] = int(cached)
-    if written:
-        out["cache_creation_tokens"] = int(written)
-    if cost is not None:
-        out["cost"] = float(cost)
-    return out
-
-
-def unsupported(provider: str, what: str) -> ProviderError:
-    """A job asks for something this provider cannot express: fail over, never drop it."""
-    return ProviderError(ErrorCategory.UNSUPPORTED, what, provider=provider)
 
 
 class HttpBackend(Backend):
@@ -328,12 +243,12 @@ class HttpBackend(Backend):
                 if params is None or len(ids) >= MAX_MODELS:
                     break
                 body = await self.call_json("GET", path, params=params, deadline=deadline)
-                page = _shape_checked(self.model_ids, body)
+                page = shape_checked(self.model_ids, body)
                 seen += len(page)
                 for item in page:
                     if isinstance(item, str) and 0 < len(item) <= MAX_MODEL_ID:
                         ids.setdefault(item)
-                params = _shape_checked(partial(self.next_models_page, seen=seen), body)
+                params = shape_checked(partial(self.next_models_page, seen=seen), body)
         return list(ids)[:MAX_MODELS]
 
     # -- one job ----------------------------------------------------------------------------
@@ -438,7 +353,7 @@ class HttpBackend(Backend):
                 raise
             for event in events:
                 if not mapper.done:
-                    for delta in _shape_checked(mapper.on_event, event):
+                    for delta in shape_checked(mapper.on_event, event):
                         yield delta
             if not chunk:
                 break
@@ -451,7 +366,7 @@ class HttpBackend(Backend):
         self, response: aiohttp.ClientResponse, deadline: float
     ) -> AsyncGenerator[StreamEvent, None]:
         body = load_json(await self._read(response, deadline, MAX_BODY, strict=True))
-        text, finish = _shape_checked(self.parse_body, body)
+        text, finish = shape_checked(self.parse_body, body)
         if text:
             yield TextDelta(text)
         yield finish

@@ -21,15 +21,8 @@ from workers import options
 from workers.backend import Finish, TextDelta
 from workers.classify import ErrorTable
 from workers.decode import ServerEvent
-from workers.http import (
-    ErrorInfo,
-    HttpBackend,
-    Malformed,
-    StreamError,
-    StreamMapper,
-    load_json,
-    usage,
-)
+from workers.http import HttpBackend
+from workers.http_mapping import ErrorInfo, Malformed, StreamError, StreamMapper, load_json, usage
 from workers.ratelimit import ANTHROPIC
 
 SCHEMA = SCHEMAS["anthropic"]

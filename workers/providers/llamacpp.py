@@ -28,7 +28,7 @@ from protocol.job import FEATURE_VISION, Job
 from protocol.schema import Key
 from workers import options
 from workers.backend import StreamEvent
-from workers.http import unsupported
+from workers.http_mapping import unsupported
 from workers.llamacpp.binary import BinaryNotFound, find_llama_server
 from workers.llamacpp.server import (
     LlamaServer,

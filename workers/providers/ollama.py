@@ -20,9 +20,9 @@ from workers import options
 from workers.backend import Finish, TextDelta
 from workers.classify import ErrorTable
 from workers.decode import Framing, ServerEvent
-from workers.http import (
+from workers.http import HttpBackend
+from workers.http_mapping import (
     ErrorInfo,
-    HttpBackend,
     Malformed,
     StreamError,
     StreamMapper,

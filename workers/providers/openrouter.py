@@ -21,7 +21,7 @@ from protocol.job import Job
 from protocol.schema import Key
 from workers import options
 from workers.classify import ErrorTable
-from workers.http import ErrorInfo
+from workers.http_mapping import ErrorInfo
 from workers.providers.openai import OpenAIBackend
 from workers.ratelimit import GENERIC, OPENAI
 
