@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import uvicorn
 
 from gateway.app import Catalog, Gateway
+from gateway.coalesce import StepHttpProtocol
 from gateway.settings import GatewaySettings
 
 # Idle keep-alive connections stay open this long (uvicorn's default is 5 s). Client pools
@@ -27,6 +28,7 @@ def _server(gateway: Gateway, host: str, port: int) -> uvicorn.Server:
         log_level="warning",
         access_log=False,  # request lines would carry nothing useful; keys are never logged
         lifespan="on",
+        http=StepHttpProtocol,
         timeout_graceful_shutdown=5,
         timeout_keep_alive=KEEP_ALIVE,
     )

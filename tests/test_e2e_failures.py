@@ -40,7 +40,11 @@ def busy_worker_pid(broker: Any) -> int | None:
 
 
 def test_kill_9_worker_mid_stream(broker_factory: Any) -> None:
-    broker = broker_factory({"mock": {"kind": "mock", "capacity": 4, "replicas": 2}})
+    # Every default (heartbeats, liveness, restart backoff): the closed connection is what
+    # tells the broker, not a shortened heartbeat.
+    broker = broker_factory(
+        {"mock": {"kind": "mock", "capacity": 4, "replicas": 2}}, user_defaults=True
+    )
     broker.wait_workers(2)
     tokens = [f"w{k} " for k in range(150)]
     events: list[Any] = []
@@ -98,7 +102,10 @@ def test_hung_worker_is_detected_and_its_job_redispatched(broker_factory: Any) -
 
 
 def test_broker_restart_mid_run(broker_factory: Any) -> None:
-    broker = broker_factory({"mock": {"kind": "mock", "capacity": 16, "spawn": False}})
+    # Broker, workers and client on their defaults, as users run them.
+    broker = broker_factory(
+        {"mock": {"kind": "mock", "capacity": 16, "spawn": False}}, user_defaults=True
+    )
     broker.start_worker("mock")
     broker.start_worker("mock")
     broker.wait_workers(2)
@@ -115,7 +122,7 @@ def test_broker_restart_mid_run(broker_factory: Any) -> None:
 
     async def main() -> dict[str, Any]:
         results: dict[str, Any] = {}
-        async with AsyncClient(broker.client_endpoint, heartbeat_interval=0.3, liveness=4) as c:
+        async with AsyncClient(broker.client_endpoint) as c:
 
             async def watch() -> None:
                 while len(results) < 20:
