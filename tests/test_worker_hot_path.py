@@ -92,6 +92,41 @@ async def test_message_arriving_during_a_send_wakes_the_receiver() -> None:
             link.close()
 
 
+@run_async
+async def test_a_wait_after_an_empty_drain_parks_without_reading_events_and_still_wakes() -> None:
+    """After a receive that found nothing libzmq has handled its commands, so the FD signals
+    the next message: the wait skips the ZMQ_EVENTS read (a syscall or two) and still wakes
+    for every message, within its timeout."""
+    with router() as (broker, endpoint):
+        dealer: zmq.Socket[bytes] = CTX.socket(zmq.DEALER)
+        dealer.connect(endpoint)
+        link = Readiness(dealer)
+        reads = 0
+        real = link._events
+
+        def counted() -> int:
+            nonlocal reads
+            reads += 1
+            return real()
+
+        link._events = counted  # type: ignore[method-assign]
+        try:
+            await link.send([b"hello"])
+            identity = (await recv(broker))[0]
+            for k in range(20):
+                assert link.drain() == []  # nothing yet: the link is known quiet
+                before = reads
+                waiting = asyncio.ensure_future(link.wait(zmq.POLLIN, 5))
+                await asyncio.sleep(0)
+                assert reads == before  # parked on the FD without a read
+                broker.send_multipart([identity, b"m%d" % k])
+                assert await waiting  # woken by the FD, not by the 5 s timeout
+                assert link.drain() == [[b"m%d" % k]]
+            assert link.missed == 0
+        finally:
+            link.close()
+
+
 class Burst(Backend):
     """Yields "a" and "b" in one loop turn (like deltas parsed from one HTTP read), then "c"
     and "d" in a turn of its own, then "e" in another (like separate reads)."""
