@@ -51,7 +51,10 @@ def gateway_stack(url: str) -> Iterator[tuple[GatewayProcess, BrokerProcess]]:
     with tempfile.TemporaryDirectory() as tmp:
         broker = BrokerProcess(Path(tmp), {"fake": openai_provider(url, "bench")}, None)
         broker.log_level = "info"  # what users run
-        gateway = GatewayProcess(broker)
+        # The bench keeps idle client connections for the whole run (benchmarks.latency), and
+        # a path waits ~75 s for its next round while the proxy's runs: past the gateway's
+        # default idle timeout, which then races a reuse (an httpx ReadError in one run).
+        gateway = GatewayProcess(broker, idle_connection_timeout=900)
         try:
             broker.start()
             broker.wait_workers(1, timeout=120)

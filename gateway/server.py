@@ -13,12 +13,6 @@ from gateway.app import Catalog, Gateway
 from gateway.coalesce import StepHttpProtocol
 from gateway.settings import GatewaySettings
 
-# Idle keep-alive connections stay open this long (uvicorn's default is 5 s). Client pools
-# (httpx, the OpenAI and Anthropic SDKs) expire idle connections after 5 s themselves; a server
-# closing at the same moment races a client reusing one ("Server disconnected without sending
-# a response"). 75 s, as nginx keeps them, outlives every client's own expiry.
-KEEP_ALIVE = 75
-
 
 def _server(gateway: Gateway, host: str, port: int) -> uvicorn.Server:
     config = uvicorn.Config(
@@ -30,7 +24,7 @@ def _server(gateway: Gateway, host: str, port: int) -> uvicorn.Server:
         lifespan="on",
         http=StepHttpProtocol,
         timeout_graceful_shutdown=5,
-        timeout_keep_alive=KEEP_ALIVE,
+        timeout_keep_alive=gateway.settings.idle_connection_timeout,
     )
     return uvicorn.Server(config)
 

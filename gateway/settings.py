@@ -34,6 +34,12 @@ class GatewaySettings:
     request_timeout: float = field(default=600.0, metadata=limits(above=0, max=86400))
     # an SSE comment (or Anthropic ping) while a stream waits for its next token
     keepalive_interval: float = field(default=15.0, metadata=limits(min=0.05, max=3600))
+    # Seconds an idle keep-alive connection stays open (uvicorn's default is 5). Client pools
+    # (httpx, the OpenAI and Anthropic SDKs) expire idle connections after 5 s themselves; a
+    # server closing at the same moment races a client reusing one ("Server disconnected
+    # without sending a response"). 75, as nginx keeps them, outlives every SDK's expiry; behind
+    # a load balancer, set it above the balancer's own idle timeout.
+    idle_connection_timeout: int = field(default=75, metadata=limits(min=1, max=86400))
     # seconds a broker status reply serves /metrics and /readyz
     status_cache: float = field(default=1.0, metadata=limits(min=0, max=60))
     spawn: bool = True  # the broker starts and supervises the gateway when [http] is present

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest
@@ -29,6 +30,8 @@ def test_defaults_and_values() -> None:
         ({"spawn": 1}, "http.spawn"),
         ({"stream_backlog_bytes": 10}, "http.stream_backlog_bytes"),
         ({"request_timeout": 0}, "http.request_timeout"),
+        ({"idle_connection_timeout": 0}, "http.idle_connection_timeout"),
+        ({"idle_connection_timeout": 1.5}, "http.idle_connection_timeout"),
     ],
 )
 def test_bad_values_name_the_key(table: dict[str, Any], named: str) -> None:
@@ -66,3 +69,20 @@ def test_validation_messages_map_to_request_fields() -> None:
 
 def test_every_category_has_an_http_row() -> None:
     assert set(ROWS) == set(ErrorCategory)
+
+
+def test_idle_connection_timeout_closes_idle_keep_alive_connections(
+    broker_factory: Any, gateway_factory: Any
+) -> None:
+    from tests.gateway_support import mock_provider
+
+    broker = broker_factory({"mock": mock_provider()})
+    gateway = gateway_factory(broker, idle_connection_timeout=1)
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as conn:
+        request = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n"
+        for _ in range(2):  # kept alive between requests
+            conn.sendall(request)
+            head = conn.recv(65536)
+            assert head.startswith(b"HTTP/1.1 200"), head[:80]
+        # Closed by the gateway once idle (our own 10 s socket timeout would raise instead).
+        assert conn.recv(65536) == b""
