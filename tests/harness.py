@@ -6,6 +6,7 @@ fixtures call it even when a test fails.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,17 @@ import psutil
 
 from protocol.client import Client
 from workers.procutil import die_with_parent_preexec
+
+
+def run_async(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Each test body runs in a fresh event loop (the project uses no asyncio test plugin)."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(test(*args, **kwargs))
+
+    wrapper.__name__ = test.__name__
+    return wrapper
+
 
 ROOT = Path(__file__).resolve().parent.parent
 

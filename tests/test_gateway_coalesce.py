@@ -13,12 +13,14 @@ import pytest
 import uvicorn
 
 from gateway.coalesce import StepHttpProtocol, StepTransport
-from tests.harness import free_port
+from tests.harness import free_port, run_async
 
 pytestmark = pytest.mark.timeout(30)
 
 
 class Recorder(asyncio.Transport):
+    """Records what reaches the "socket"."""
+
     def __init__(self) -> None:
         super().__init__()
         self.writes: list[bytes] = []
@@ -41,13 +43,14 @@ class Recorder(asyncio.Transport):
         return ("127.0.0.1", 1234) if name == "peername" else default
 
 
-def test_writes_of_one_step_reach_the_socket_as_one() -> None:
-    asyncio.run(_test_writes_of_one_step_reach_the_socket_as_one())
-
-
-async def _test_writes_of_one_step_reach_the_socket_as_one() -> None:
+def wrapped() -> tuple[Recorder, StepTransport]:
     inner = Recorder()
-    step = StepTransport(inner)
+    return inner, StepTransport(inner)
+
+
+@run_async
+async def test_writes_of_one_step_reach_the_socket_as_one() -> None:
+    inner, step = wrapped()
     step.write(b"HTTP/1.1 200 OK\r\n\r\n")
     step.write(b"")  # nothing to send is not a write
     step.write(b"5\r\nhello\r\n")
@@ -61,13 +64,9 @@ async def _test_writes_of_one_step_reach_the_socket_as_one() -> None:
     assert inner.writes[1:] == [b"0\r\n\r\n"]
 
 
-def test_close_sends_what_was_held_first() -> None:
-    asyncio.run(_test_close_sends_what_was_held_first())
-
-
-async def _test_close_sends_what_was_held_first() -> None:
-    inner = Recorder()
-    step = StepTransport(inner)
+@run_async
+async def test_close_sends_what_was_held_first() -> None:
+    inner, step = wrapped()
     step.write(b"last bytes")
     step.close()
     assert inner.writes == [b"last bytes"] and inner.closed
@@ -75,27 +74,19 @@ async def _test_close_sends_what_was_held_first() -> None:
     assert inner.writes == [b"last bytes"]
 
 
-def test_bytes_held_for_a_transport_closed_meanwhile_are_dropped() -> None:
-    asyncio.run(_test_bytes_held_for_a_transport_closed_meanwhile_are_dropped())
-
-
-async def _test_bytes_held_for_a_transport_closed_meanwhile_are_dropped() -> None:
-    inner = Recorder()
-    step = StepTransport(inner)
+@run_async
+async def test_bytes_held_for_a_transport_closed_meanwhile_are_dropped() -> None:
+    inner, step = wrapped()
     step.write(b"to a peer that left")
     inner.closed = True  # the connection was lost before the step ended
     await asyncio.sleep(0)
     assert inner.writes == []
 
 
-def test_everything_else_is_the_wrapped_transports() -> None:
-    asyncio.run(_test_everything_else_is_the_wrapped_transports())
-
-
-async def _test_everything_else_is_the_wrapped_transports() -> None:
-    inner = Recorder()
+@run_async
+async def test_everything_else_is_the_wrapped_transports() -> None:
+    inner, step = wrapped()
     inner.buffered = 7
-    step = StepTransport(inner)
     assert step.get_extra_info("peername") == ("127.0.0.1", 1234)
     assert step.is_closing() is False
     assert step.get_write_buffer_size() == 7  # the real buffer counts for flow control

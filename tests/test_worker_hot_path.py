@@ -12,7 +12,7 @@ import contextlib
 import os
 import select
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -23,22 +23,13 @@ from protocol.client import build_job
 from protocol.job import Job
 from protocol.readiness import Readiness
 from protocol.transport import SocketOptions
+from tests.harness import run_async
 from workers.backend import Backend, Finish, StreamEvent, TextDelta
 from workers.providers.mock import MockBackend
 from workers.runtime import WorkerRuntime
 from workers.spec import ProviderSpec
 
 CTX: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-
-
-def run_async(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-    """Each test body runs in a fresh event loop (the project uses no asyncio test plugin)."""
-
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        asyncio.run(test(*args, **kwargs))
-
-    wrapper.__name__ = test.__name__
-    return wrapper
 
 
 @contextlib.contextmanager
