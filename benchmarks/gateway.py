@@ -4,10 +4,10 @@ openai worker -> fake) vs LiteLLM's proxy (`litellm --config`) on the same fake 
 
 The same plain httpx streaming client (benchmarks.latency.openai_stream_client) drives the
 HTTP paths, so only what sits between it and the fake differs; an aiohttp client drives the
-gateway once more, against direct aiohttp, where the client's own cost is a smaller share. The llmrelay ZeroMQ client on
-the same broker is measured too: the gateway's own share is its row minus that one. The fake
-is pinned to core 0, the rest to the other core(s); rounds interleave the paths so a noisy
-neighbour hits all of them.
+gateway once more, against direct aiohttp, where the client's own cost is a smaller share.
+The llmrelay ZeroMQ client on the same broker is measured too: the gateway's own share is its
+row minus that one. The fake is pinned to core 0, the rest to the other core(s); rounds
+interleave the paths so a noisy neighbour hits all of them.
 """
 
 from __future__ import annotations
