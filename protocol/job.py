@@ -99,14 +99,19 @@ def validate_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+_TEXT_PART_KEYS = frozenset({"type", "text"})
+_IMAGE_PART_KEYS = frozenset({"type", "image_url"})
+_MESSAGE_KEYS = frozenset({"role", "content", "name", "tool_call_id", "tool_calls"})
+
+
 def _content_part(raw: Any, where: str) -> dict[str, Any]:
     part = v.need_map(raw, where)
     kind = v.need_enum(part.get("type"), f"{where}.type", ("text", "image_url"))
     if kind == "text":
-        v.no_extra(part, ("type", "text"), where)
+        v.no_extra(part, _TEXT_PART_KEYS, where)
         v.need_str(part.get("text"), f"{where}.text", max_len=MAX_TEXT)
     else:
-        v.no_extra(part, ("type", "image_url"), where)
+        v.no_extra(part, _IMAGE_PART_KEYS, where)
         image = v.need_map(part.get("image_url"), f"{where}.image_url")
         url = v.need_str(image.get("url"), f"{where}.image_url.url", max_len=32 << 20, min_len=1)
         if not url.startswith(("http://", "https://", "data:image/")):
@@ -118,7 +123,7 @@ def _content_part(raw: Any, where: str) -> dict[str, Any]:
 
 def _message(raw: Any, where: str) -> dict[str, Any]:
     msg = v.need_map(raw, where)
-    v.no_extra(msg, ("role", "content", "name", "tool_call_id", "tool_calls"), where)
+    v.no_extra(msg, _MESSAGE_KEYS, where)
     role = v.need_enum(msg.get("role"), f"{where}.role", ROLES)
     content = msg.get("content")
     if isinstance(content, str):
@@ -189,7 +194,7 @@ class Job:
     @classmethod
     def from_wire(cls, data: Any) -> Job:
         data = v.need_map(data, "job")
-        v.no_extra(data, cls.FIELDS, "job")
+        v.no_extra(data, _JOB_KEYS, "job")
         model = data.get("model")
         route = data.get("route")
         if (model is None) == (route is None):
@@ -225,6 +230,7 @@ class Job:
         return features
 
 
+_JOB_KEYS = frozenset(Job.FIELDS)
 # Job fields a caller passes as keywords next to the canonical parameters.
 JOB_OPTIONS = tuple(
     f for f in Job.FIELDS if f not in ("id", "messages", "model", "route", "params")

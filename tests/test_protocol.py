@@ -200,3 +200,30 @@ def test_map_reports_an_invalid_item_instead_of_hanging() -> None:
     (outcome,) = asyncio.run(asyncio.wait_for(main(), 10))
     assert isinstance(outcome, ProviderError)
     assert outcome.category is ErrorCategory.INVALID_REQUEST and "best_of" in outcome.message
+
+
+def test_maps_and_known_keys_checked_on_the_fast_path_too() -> None:
+    """need_map and no_extra take a shortcut for plain dicts and frozensets: what they reject
+    (a bin key, an unknown key) and what they promise (a copy, str subclasses allowed) hold."""
+    wire = job().to_wire()
+    frame = m.Submit(job=job(), client="c").encode()
+    body = msgpack.unpackb(frame, raw=False)
+    body["job"]["metadata"] = {b"bin-key": 1}
+    with pytest.raises(ProtocolViolation, match=r"job\.metadata: expected a map with string keys"):
+        m.decode(msgpack.packb(body, use_bin_type=True))
+    body["job"]["metadata"] = {}
+    body["job"]["messages"] = [{"role": "user", "content": "x", "colour": "red"}]
+    with pytest.raises(ProtocolViolation, match=r"messages\[0\]: unknown field\(s\) \['colour'\]"):
+        m.decode(msgpack.packb(body, use_bin_type=True))
+    body["job"]["messages"] = [{"role": "user", "content": "x"}]
+    body["job"]["colour"] = "red"
+    with pytest.raises(ProtocolViolation, match=r"job: unknown field\(s\) \['colour'\]"):
+        m.decode(msgpack.packb(body, use_bin_type=True))
+
+    class Key(str):
+        pass
+
+    metadata = {Key("tag"): 1}
+    parsed = Job.from_wire({**wire, "metadata": metadata})
+    assert parsed.metadata == {"tag": 1}
+    assert parsed.metadata is not metadata  # a copy: the caller's map stays the caller's
