@@ -40,7 +40,7 @@ from batch.stats import Stats
 from protocol.client import AsyncClient, build_job
 from protocol.errors import ErrorCategory, ProtocolViolation, ProviderError
 from protocol.job import Job
-from protocol.results import Done, Result
+from protocol.results import Result
 
 MAX_RENEWALS = 20  # fresh ids tried for a request that earlier runs cancelled
 CostFn = Callable[[str | None, str | None, dict[str, Any]], float | None]
@@ -254,10 +254,7 @@ async def _run_one(
     renewals = 0
     while True:
         try:
-            async for event in client.submit_job(job):
-                if isinstance(event, Done):
-                    return job, event.result
-            return job, ProviderError(ErrorCategory.PROTOCOL, "stream ended without a result")
+            return job, await client.result(job)
         except ProviderError as exc:
             if exc.category is ErrorCategory.BROKER_BUSY:
                 await asyncio.sleep(busy_retry)

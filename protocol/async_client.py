@@ -261,16 +261,18 @@ class AsyncClient(CatalogCalls):
                     yield event
 
     async def submit_job_batches(
-        self, job: Job, *, answering: bool = False
+        self, job: Job, *, answering: bool = False, tokens: bool = True
     ) -> AsyncGenerator[list[Event], None]:
         """`submit_job`, yielding every event already received at once (in order).
 
         For callers that pay per resumption: the blocking `Client` crosses threads once per
-        batch, not once per token.
+        batch, not once per token. `tokens=False`: no Token or Reset events, only the final
+        `Done` (its result holds the whole text and the reset count), see `result`.
         """
         pending = self.pending.get(job.id)
         if pending is None or pending.finished:
-            pending = self.pending[job.id] = JobStream(job=job, answering=answering)
+            pending = JobStream(job=job, answering=answering, tokens=tokens)
+            self.pending[job.id] = pending
         loop = asyncio.get_running_loop()
         watchdogs = []
         if not self.heard_broker:
@@ -333,12 +335,20 @@ class AsyncClient(CatalogCalls):
 
     async def complete(self, **kwargs: Any) -> Result:
         """Run one job to the end: `complete(model="mock:echo", prompt="hi", max_tokens=20)`."""
-        return await self._collect(build_job(**kwargs))
+        return await self.result(build_job(**kwargs))
 
-    async def _collect(self, job: Job) -> Result:
-        async for event in self.submit_job(job):
-            if isinstance(event, Done):
-                return event.result
+    async def result(self, job: Job) -> Result:
+        """Run `job` to its end and return its result; raises ProviderError when it fails.
+
+        No per-token events are made: the caller's task wakes once, for the outcome (batch
+        runs and `map` pay for that once per job, not once per frame).
+        """
+        batches = self.submit_job_batches(job, tokens=False)
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
+                for event in batch:
+                    if isinstance(event, Done):
+                        return event.result
         raise ProviderError(ErrorCategory.PROTOCOL, "stream ended without a result", job_id=job.id)
 
     async def map(
@@ -365,7 +375,7 @@ class AsyncClient(CatalogCalls):
                 return
             while True:
                 try:
-                    finished.put_nowait(await self._collect(job))
+                    finished.put_nowait(await self.result(job))
                     return
                 except ProviderError as exc:
                     if exc.category is not ErrorCategory.BROKER_BUSY:

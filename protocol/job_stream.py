@@ -3,7 +3,9 @@
 `AsyncClient` keeps one `JobStream` per unfinished job. It turns the broker's token frames,
 resets and final answer into the caller's events (protocol/results.py): each frame of the
 current attempt once and in order, and a `Reset` first when a new attempt voids text the
-caller already holds.
+caller already holds. A caller that wants only the outcome (`AsyncClient.result`) asks for no
+per-token events: the text is still put in order and counted, but the caller's task wakes once
+per job instead of once per frame.
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ class JobStream:
     finished: bool = False
     accepted_by: str | None = None  # instance id of the broker run that accepted it
     answering: bool = False  # the caller wants an Origin event before each attempt's text
+    tokens: bool = True  # Token and Reset events; False: only the final one (Done or error)
 
     def start_attempt(self, attempt: int, reason: str) -> None:
         if self.parts:
             self.resets += 1
-            self.events.put_nowait(Reset(reason=reason, attempt=attempt))
+            if self.tokens:
+                self.events.put_nowait(Reset(reason=reason, attempt=attempt))
         self.attempt, self.next_seq = attempt, 0
         self.held.clear()
         self.parts.clear()
@@ -45,7 +49,8 @@ class JobStream:
             piece = self.held.pop(self.next_seq)
             self.next_seq += 1
             self.parts.append(piece)
-            self.events.put_nowait(Token(piece))
+            if self.tokens:
+                self.events.put_nowait(Token(piece))
 
     def end(self, item: Event | ProviderError) -> None:
         self.finished = True

@@ -9,6 +9,7 @@ import pytest
 
 from protocol.client import AsyncClient
 from protocol.errors import ErrorCategory, ProviderError
+from protocol.job import build_job
 from protocol.results import Done, Reset, Token
 
 pytestmark = pytest.mark.timeout(120)
@@ -141,6 +142,25 @@ def test_partial_output_policies(broker_factory: Any) -> None:
         )
         assert not any(isinstance(e, Reset) for e in events)
         assert events[-1].result.text == "".join(TOKENS)
+
+
+def test_result_without_token_events_counts_the_restart(broker_factory: Any) -> None:
+    """`AsyncClient.result` (behind complete, map and the batch runner) makes no per-token
+    events, yet its result is the stream's: the last attempt's whole text and the reset."""
+    broker = broker_factory({"solo": {"kind": "mock", "capacity": 2}})
+    broker.wait_workers(1)
+    failing = script({"attempt": 1, "after": 3, "category": "network"})
+
+    async def main() -> tuple[Any, Any]:
+        async with AsyncClient(broker.client_endpoint) as c:
+            quiet = await c.result(build_job(model="solo:echo", prompt="x", metadata=failing))
+            events = [e async for e in c.stream(model="solo:echo", prompt="x", metadata=failing)]
+            return quiet, events[-1].result
+
+    quiet, streamed = asyncio.run(asyncio.wait_for(main(), 60))
+    for result in (quiet, streamed):
+        assert result.text == "".join(TOKENS) and result.resets == 1
+        assert [a["outcome"] for a in result.attempts] == ["network", "ok"]
 
 
 def test_open_circuit_makes_jobs_wait_for_recovery(broker_factory: Any) -> None:

@@ -185,6 +185,19 @@ def test_client_delivers_in_order_once_and_resets() -> None:
     assert pending.next_seq == 0 and pending.parts == []
 
 
+def test_a_stream_without_token_events_keeps_the_text_and_the_resets() -> None:
+    pending = JobStream(job=job(), tokens=False)
+    pending.attempt = 1
+    for seq, text in [(1, "b"), (0, "a"), (2, "c")]:
+        pending.deliver(seq, text)
+    pending.start_attempt(2, "worker died")
+    pending.deliver(0, "z")
+    assert pending.events.empty()  # nothing per token, and no Reset event either
+    assert pending.parts == ["z"] and pending.resets == 1
+    pending.end(Reset(reason="stand-in for the final event", attempt=2))
+    assert pending.events.qsize() == 1
+
+
 def test_map_reports_an_invalid_item_instead_of_hanging() -> None:
     import asyncio
 
