@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from protocol import eventloop
 from protocol.async_client import DEFAULT_ENDPOINT, AsyncClient
 from protocol.errors import ProviderError
-from protocol.job import build_job
+from protocol.job import Job, build_job
 from protocol.results import Event, Result
 
 T = TypeVar("T")
@@ -70,6 +70,11 @@ class Client:
 
     def complete(self, **kwargs: Any) -> Result:
         result: Result = self._call(self._async.complete(**kwargs))
+        return result
+
+    def result(self, job: Job) -> Result:
+        """Run a built `job` to its end (see `AsyncClient.result`)."""
+        result: Result = self._call(self._async.result(job))
         return result
 
     def stream(self, **kwargs: Any) -> Iterator[Event]:

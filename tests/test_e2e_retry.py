@@ -158,7 +158,9 @@ def test_result_without_token_events_counts_the_restart(broker_factory: Any) -> 
             return quiet, events[-1].result
 
     quiet, streamed = asyncio.run(asyncio.wait_for(main(), 60))
-    for result in (quiet, streamed):
+    with broker.client() as client:  # the blocking client's `result`
+        blocking = client.result(build_job(model="solo:echo", prompt="x", metadata=failing))
+    for result in (quiet, streamed, blocking):
         assert result.text == "".join(TOKENS) and result.resets == 1
         assert [a["outcome"] for a in result.attempts] == ["network", "ok"]
 
