@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hmac
 import json
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -18,6 +17,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from gateway import anthropic_messages, openai_chat
 from gateway.batches_api import BatchesApi
@@ -27,16 +27,15 @@ from gateway.link import ANONYMOUS, BrokerLink
 from gateway.metrics import GatewayMetrics, provider_name
 from gateway.pump import Backlog, Pump
 from gateway.settings import GatewaySettings
-from gateway.sse import EventStream, wait_disconnect
+from gateway.sse import EventStream
 from gateway.store import Store
 from protocol.client import build_job
 from protocol.errors import ErrorCategory, ProtocolViolation, ProviderError
 from protocol.http_errors import ROWS
 from protocol.job import Job, new_job_id
-from protocol.results import Event, Origin, Result
+from protocol.results import Origin, Result
 
 log = structlog.get_logger("llmrelay.gateway")
-T = TypeVar("T")
 OPENAI, ANTHROPIC = "openai", "anthropic"
 MODELS_CACHE = 10.0  # seconds one catalog listing serves /v1/models
 
@@ -56,10 +55,6 @@ class Catalog:
 
     models: list[ModelInfo] = field(default_factory=list)
     routes: frozenset[str] = frozenset()
-
-
-class ClientGone(Exception):
-    """The HTTP client disconnected before the answer was ready."""
 
 
 def _request_id() -> str:
@@ -82,7 +77,7 @@ class Gateway:
         self._models_at = 0.0
         self.files = FilesApi(self, self.store)
         self.batches = BatchesApi(self, self.store)
-        self.app = Starlette(
+        self.starlette = Starlette(
             routes=[
                 Route("/v1/chat/completions", self.chat, methods=["POST"]),
                 Route("/v1/messages", self.messages, methods=["POST"]),
@@ -109,6 +104,22 @@ class Gateway:
             ],
             lifespan=self._lifespan,
         )
+        # The two generation routes skip Starlette's middleware and route table: they are
+        # what every job goes through, and neither needs either.
+        self._hot = {
+            "/v1/chat/completions": self.chat,
+            "/v1/messages": self.messages,
+        }
+
+    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI entry point (uvicorn's app)."""
+        if scope["type"] == "http" and scope["method"] == "POST":
+            handler = self._hot.get(scope["path"])
+            if handler is not None:
+                response = await handler(Request(scope, receive))
+                await response(scope, receive, send)
+                return
+        await self.starlette(scope, receive, send)
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -190,20 +201,6 @@ class Gateway:
                 ProviderError(ErrorCategory.INVALID_REQUEST, exc_text)
             ) from None
 
-    async def until_disconnect(self, request: Request, work: Awaitable[T]) -> T:
-        """Run `work`; if the client disconnects first, cancel it and raise ClientGone."""
-        task = asyncio.ensure_future(work)
-        gone = asyncio.ensure_future(wait_disconnect(request.receive))
-        try:
-            await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-            if not task.done():
-                task.cancel()
-        if task.cancelled():
-            raise ClientGone
-        return task.result()
-
     def trail_headers(
         self, result: Result | None, attempts: list[dict[str, Any]]
     ) -> dict[str, str]:
@@ -265,23 +262,26 @@ class Gateway:
             job = self.make_job(kwargs, stream)
             client = self.link.client(name)
             # A stream's headers go out with its first text: it asks who answers by then.
-            events = cast(AsyncGenerator[Event, None], client.submit_job(job, answering=stream))
+            events = client.submit_job_batches(job, answering=stream)
             pump = Pump(events, self._limit(stream), self.backlog)
+            pump.watch(request.receive)  # the body is read: receive() now reports a disconnect
+            streaming = False
             try:
-                await self.until_disconnect(request, self._settled(pump, stream))
-            except ClientGone:
-                pump.stop()
-                self._finished(api, 499, started, model, None, "client_gone")
-                return Response(status_code=499)
-            if pump.error is not None:
-                pump.stop()
-                raise self._failure(pump.error, model)
-            if not stream:
-                pump.stop()  # the whole text is in the result: free the pump's copy
-                assert pump.result is not None
-                return self._whole(api, pump.result, model, request_id, started)
-            response = self._stream(api, pump, job, model, body, request_id, started)
-            return response
+                await self._settled(pump, stream)
+                if pump.gone:
+                    self._finished(api, 499, started, model, None, "client_gone")
+                    return Response(status_code=499)
+                if pump.error is not None:
+                    raise self._failure(pump.error, model)
+                if not stream:
+                    assert pump.result is not None  # over, not gone, no error: it is done
+                    return self._whole(api, pump.result, model, request_id, started)
+                response = self._stream(api, pump, job, model, body, request_id, started)
+                streaming = True  # the response's generator stops the pump from here on
+                return response
+            finally:
+                if not streaming:
+                    pump.stop()  # a whole answer's text is in the result: free the pump's copy
         except ApiError as exc:
             status = exc.row.anthropic_status if api == ANTHROPIC else exc.row.status
             self._finished(api, status, started, model, None, exc.error_type)
@@ -294,12 +294,13 @@ class Gateway:
         return self.settings.stream_backlog_bytes if stream else 1 << 62
 
     async def _settled(self, pump: Pump, stream: bool) -> None:
-        """Wait for what decides the response's status: the first text (stream) or the end."""
+        """Wait for what decides the response's status: the first text (stream) or the end;
+        either way no longer than the client stays."""
         if stream:
-            while not pump.started:
+            while not pump.started and not pump.over:
                 await pump.first(self.settings.keepalive_interval)
         else:
-            await asyncio.shield(pump.task)
+            await pump.settled()
 
     def _failure(self, error: ProviderError, model: str) -> ApiError:
         failure = ApiError.from_provider(error)
@@ -395,9 +396,11 @@ class Gateway:
                     pump.sending = True  # until the reader has taken the piece
                     yield piece
                     pump.sending = False
-                    while not pump.parts and not pump.finished:
+                    while not pump.parts and not pump.over:
                         if not await pump.first(self.settings.keepalive_interval):
                             yield keepalive
+                if pump.gone:
+                    return
                 if pump.result is not None:
                     outcome, provider = "", pump.result.provider
                     self._observe_success(pump.result, model, started, ttft)
@@ -427,10 +430,12 @@ class Gateway:
         # The role chunk goes out in one write with the first text (fewer, fuller writes).
         text = await pump.take()
         yield sse(writer.first()) + (writer.text_event(text) if text else b"")
-        while not pump.finished or pump.parts:
+        while pump.parts or not pump.over:
             text = await pump.take()
             if text:
                 yield writer.text_event(text)
+        if pump.gone:
+            return
         if pump.error is not None:
             yield self._stream_error(OPENAI, pump.error)  # no [DONE]: the SDK raises APIError
             return
@@ -447,10 +452,12 @@ class Gateway:
         writer = anthropic_messages.EventWriter(job.id, model)
         text = await pump.take()
         yield writer.start() + (writer.text(text) if text else b"")
-        while not pump.finished or pump.parts:
+        while pump.parts or not pump.over:
             text = await pump.take()
             if text:
                 yield writer.text(text)
+        if pump.gone:
+            return
         if pump.error is not None:
             yield self._stream_error(ANTHROPIC, pump.error)
             return

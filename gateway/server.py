@@ -23,6 +23,7 @@ def _server(gateway: Gateway, host: str, port: int) -> uvicorn.Server:
         access_log=False,  # request lines would carry nothing useful; keys are never logged
         lifespan="on",
         http=StepHttpProtocol,
+        interface="asgi3",
         timeout_graceful_shutdown=5,
         timeout_keep_alive=gateway.settings.idle_connection_timeout,
     )

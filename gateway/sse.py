@@ -1,14 +1,13 @@
-"""A server-sent-events response that notices a client going away while nothing is sent.
+"""Server-sent events: the response class, and the wait for a client going away.
 
-Starlette's StreamingResponse learns of a disconnect only when a write fails; a stream waiting
-for its next token would keep its job running. Here a second task waits for `http.disconnect`
-and cancels the stream, whose generator then stops the job (see gateway.pump.Pump.stop).
+Starlette's StreamingResponse learns of a disconnect only when a write fails (with ASGI spec
+2.4), or runs a second task per response that waits for it (older servers, uvicorn included).
+A stream waiting for its next token would otherwise keep its job running. The request's Pump
+(gateway.pump) watches `receive` with `wait_disconnect` from the moment the body is read, for
+both the wait for the first text and the stream itself, and stops the job when the client goes.
 """
 
 from __future__ import annotations
-
-import asyncio
-import contextlib
 
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -22,18 +21,12 @@ async def wait_disconnect(receive: Receive) -> None:
 
 
 class EventStream(StreamingResponse):
+    """A `text/event-stream` response whose body generator watches for the client itself
+    (through its Pump), so it is streamed from the request's own task with no second one."""
+
     media_type = "text/event-stream"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        stream = asyncio.ensure_future(self.stream_response(send))
-        gone = asyncio.ensure_future(wait_disconnect(receive))
-        try:
-            await asyncio.wait({stream, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (stream, gone):
-                task.cancel()
-            for task in (stream, gone):
-                with contextlib.suppress(asyncio.CancelledError, OSError):
-                    await task
+        await self.stream_response(send)
         if self.background is not None:
             await self.background()

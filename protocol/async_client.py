@@ -174,7 +174,7 @@ class AsyncClient(CatalogCalls):
             pending = self._current(msg.job_id, msg.attempt)
             if pending is not None and pending.answering:  # never an event not asked for
                 origin = Origin(msg.provider, msg.model, msg.attempt, msg.attempts)
-                pending.events.put_nowait(origin)
+                pending.put(origin)
         elif isinstance(msg, m.Restarted):
             pending = self.pending.get(msg.job_id)
             if pending is not None and msg.attempt > pending.attempt and not pending.finished:
@@ -283,19 +283,17 @@ class AsyncClient(CatalogCalls):
         try:
             await self._send_submit(pending)
             while True:
-                item = await pending.events.get()
                 batch: list[Event] = []
-                while not isinstance(item, ProviderError):
+                for item in await pending.take():
+                    if isinstance(item, ProviderError):
+                        if batch:
+                            yield batch
+                        raise item
                     batch.append(item)
-                    if isinstance(item, Done) or pending.events.empty():
-                        break
-                    item = pending.events.get_nowait()
-                if batch:
-                    yield batch
-                if isinstance(item, ProviderError):
-                    raise item
-                if isinstance(batch[-1], Done):
-                    return
+                    if isinstance(item, Done):  # the end: nothing after it is news
+                        yield batch
+                        return
+                yield batch
         finally:
             for watchdog in watchdogs:
                 watchdog.cancel()

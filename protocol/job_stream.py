@@ -6,6 +6,10 @@ current attempt once and in order, and a `Reset` first when a new attempt voids 
 caller already holds. A caller that wants only the outcome (`AsyncClient.result`) asks for no
 per-token events: the text is still put in order and counted, but the caller's task wakes once
 per job instead of once per frame.
+
+Events wait in a plain list the caller takes whole (`take`), with one future for a caller that
+finds it empty: an `asyncio.Queue` cost a put, a get and their bookkeeping per event, and its
+getter woke for each.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from protocol.results import Event, Reset, Token
 @dataclass(slots=True)
 class JobStream:
     job: Job
-    events: asyncio.Queue[Event | ProviderError] = field(default_factory=asyncio.Queue)
+    ready: list[Event | ProviderError] = field(default_factory=list)  # not yet taken
     attempt: int = 0  # the attempt whose frames are being delivered
     next_seq: int = 0
     held: dict[int, str] = field(default_factory=dict)  # out-of-order frames waiting for a gap
@@ -31,12 +35,30 @@ class JobStream:
     accepted_by: str | None = None  # instance id of the broker run that accepted it
     answering: bool = False  # the caller wants an Origin event before each attempt's text
     tokens: bool = True  # Token and Reset events; False: only the final one (Done or error)
+    _waiter: asyncio.Future[None] | None = None  # the caller's take() while nothing is ready
+
+    def put(self, item: Event | ProviderError) -> None:
+        self.ready.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def take(self) -> list[Event | ProviderError]:
+        """Every event ready now, in order; waits for one when there is none."""
+        while not self.ready:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        items, self.ready = self.ready, []
+        return items
 
     def start_attempt(self, attempt: int, reason: str) -> None:
         if self.parts:
             self.resets += 1
             if self.tokens:
-                self.events.put_nowait(Reset(reason=reason, attempt=attempt))
+                self.put(Reset(reason=reason, attempt=attempt))
         self.attempt, self.next_seq = attempt, 0
         self.held.clear()
         self.parts.clear()
@@ -50,8 +72,8 @@ class JobStream:
             self.next_seq += 1
             self.parts.append(piece)
             if self.tokens:
-                self.events.put_nowait(Token(piece))
+                self.put(Token(piece))
 
     def end(self, item: Event | ProviderError) -> None:
         self.finished = True
-        self.events.put_nowait(item)
+        self.put(item)

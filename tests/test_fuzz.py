@@ -79,10 +79,7 @@ def test_client_handler_survives_any_frames(
             except ProtocolViolation:
                 pass  # the receiver drops it; anything else would escape as a crash
         await asyncio.sleep(0)
-        events = []
-        while not pending.events.empty():
-            events.append(pending.events.get_nowait())
-        return events
+        return pending.ready
 
     events = loop.run_until_complete(feed())
     assert all(isinstance(e, Token | Reset | Done | ProviderError) for e in events)

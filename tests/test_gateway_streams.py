@@ -90,6 +90,28 @@ def test_disconnect_mid_stream_cancels_the_job(stack: Stack) -> None:
     assert stack.mock_stats()["tokens_produced"] == stats["tokens_produced"]
 
 
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_gone_before_the_answer_starts_cancels_the_job(stack: Stack, stream: bool) -> None:
+    """Gone while the gateway waits for the first text (a stream) or the whole answer: the
+    job is cancelled then, not when it would have ended."""
+    before = stack.mock_stats()
+    body = {
+        "model": "mock:echo",
+        "stream": stream,
+        "messages": [{"role": "user", "content": "go"}],
+        "metadata": {"mock": {"first_token_delay": 30.0}},
+    }
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(stack.gateway.base_url + "/chat/completions", json=body, timeout=1.0)
+    stats = wait_for(
+        lambda: (s := stack.mock_stats())["jobs_cancelled"] > before["jobs_cancelled"] and s
+    )
+    assert stats, stack.mock_stats()
+    assert stats["tokens_produced"] == before["tokens_produced"]
+    with stack.broker.client() as client:
+        assert wait_for(lambda: client.status()["running"] == 0)
+
+
 def test_64_concurrent_streams_complete(stack: Stack) -> None:
     async def one(client: openai.AsyncOpenAI, i: int) -> str:
         stream = await client.chat.completions.create(

@@ -176,12 +176,10 @@ def test_client_delivers_in_order_once_and_resets() -> None:
     pending.attempt = 1
     for seq, text in [(1, "b"), (0, "a"), (0, "a"), (3, "d"), (2, "c"), (1, "b")]:
         pending.deliver(seq, text)
-    got = []
-    while not pending.events.empty():
-        got.append(pending.events.get_nowait())
+    got, pending.ready = pending.ready, []
     assert got == [Token("a"), Token("b"), Token("c"), Token("d")]
     pending.start_attempt(2, "worker died")
-    assert pending.events.get_nowait() == Reset(reason="worker died", attempt=2)
+    assert pending.ready == [Reset(reason="worker died", attempt=2)]
     assert pending.next_seq == 0 and pending.parts == []
 
 
@@ -192,10 +190,10 @@ def test_a_stream_without_token_events_keeps_the_text_and_the_resets() -> None:
         pending.deliver(seq, text)
     pending.start_attempt(2, "worker died")
     pending.deliver(0, "z")
-    assert pending.events.empty()  # nothing per token, and no Reset event either
+    assert pending.ready == []  # nothing per token, and no Reset event either
     assert pending.parts == ["z"] and pending.resets == 1
     pending.end(Reset(reason="stand-in for the final event", attempt=2))
-    assert pending.events.qsize() == 1
+    assert len(pending.ready) == 1
 
 
 def test_map_reports_an_invalid_item_instead_of_hanging() -> None:
