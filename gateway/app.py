@@ -24,7 +24,7 @@ from gateway.batches_api import BatchesApi
 from gateway.errors import TOO_LARGE, UNAUTHORIZED, ApiError
 from gateway.files_api import FilesApi
 from gateway.link import ANONYMOUS, BrokerLink
-from gateway.metrics import GatewayMetrics, provider_name
+from gateway.metrics import GatewayMetrics, GenAi, provider_name
 from gateway.pump import Backlog, Pump
 from gateway.settings import GatewaySettings
 from gateway.sse import EventStream
@@ -229,13 +229,9 @@ class Gateway:
         headers["x-llmrelay-model"] = origin.model
         return headers
 
-    def labels(self, model: str, provider: str | None) -> dict[str, str]:
-        kind = self.kinds.get(provider or "", provider)
-        return {
-            "gen_ai_operation_name": "chat",
-            "gen_ai_provider_name": provider_name(kind),
-            "gen_ai_request_model": model,
-        }
+    def gen_ai(self, model: str, provider: str | None) -> GenAi:
+        """The GenAI label values of a request (gateway.metrics.GEN_AI)."""
+        return "chat", provider_name(self.kinds.get(provider or "", provider)), model
 
     # --- the generation endpoints ----------------------------------------------------------
 
@@ -305,7 +301,7 @@ class Gateway:
     def _failure(self, error: ProviderError, model: str) -> ApiError:
         failure = ApiError.from_provider(error)
         failure.headers.update(self.trail_headers(None, error.attempts))
-        self.metrics.jobs.labels(outcome="failed", category=error.category.value).inc()
+        self.metrics.child(self.metrics.jobs, "failed", error.category.value).inc()
         self.metrics.observe_attempts(error.attempts)
         return failure
 
@@ -318,21 +314,23 @@ class Gateway:
         provider: str | None,
         error_type: str,
     ) -> None:
-        self.metrics.http.labels(api=api, status=str(status)).inc()
-        self.metrics.request_duration.labels(
-            **self.labels(model, provider), error_type=error_type
-        ).observe(time.monotonic() - started)
+        metrics = self.metrics
+        metrics.child(metrics.http, api, str(status)).inc()
+        duration = metrics.child(
+            metrics.request_duration, *self.gen_ai(model, provider), error_type
+        )
+        duration.observe(time.monotonic() - started)
 
     def _observe_success(
         self, result: Result, model: str, started: float, ttft: float | None
     ) -> None:
-        labels = self.labels(model, result.provider)
-        self.metrics.observe_result(result, labels, self.kinds)
+        gen_ai = self.gen_ai(model, result.provider)
+        self.metrics.observe_result(result, gen_ai, self.kinds)
         if ttft is not None:
-            self.metrics.ttft.labels(**labels).observe(ttft)
+            self.metrics.child(self.metrics.ttft, *gen_ai).observe(ttft)
         tokens = result.usage.get("completion_tokens")
         if ttft is not None and isinstance(tokens, int) and tokens > 1:
-            self.metrics.tpot.labels(**labels).observe(
+            self.metrics.child(self.metrics.tpot, *gen_ai).observe(
                 max(0.0, time.monotonic() - started - ttft) / (tokens - 1)
             )
 
@@ -406,9 +404,8 @@ class Gateway:
                     self._observe_success(pump.result, model, started, ttft)
                 elif pump.error is not None:
                     outcome, provider = pump.error.category.value, pump.error.provider
-                    self.metrics.jobs.labels(
-                        outcome="failed", category=pump.error.category.value
-                    ).inc()
+                    jobs = self.metrics.jobs
+                    self.metrics.child(jobs, "failed", pump.error.category.value).inc()
                     self.metrics.observe_attempts(pump.error.attempts)
             finally:
                 pump.stop()
@@ -487,7 +484,7 @@ class Gateway:
             }
         else:
             body = {"object": "list", "data": [self._openai_model(m) for m in models]}
-        self.metrics.http.labels(api=api, status="200").inc()
+        self.metrics.child(self.metrics.http, api, "200").inc()
         return JSONResponse(body, headers={"x-request-id": request_id})
 
     async def get_model(self, request: Request) -> Response:
@@ -585,7 +582,7 @@ class Gateway:
                 response = self.error_response(OPENAI, exc, request_id)
                 status = exc.row.status
             response.headers["x-request-id"] = request_id
-            self.metrics.http.labels(api=OPENAI, status=str(status)).inc()
+            self.metrics.child(self.metrics.http, OPENAI, str(status)).inc()
             return response
 
         return endpoint
