@@ -4,7 +4,10 @@ workers, moving the same jobs with the same frames per job.
 Both sides get the same cheap load generator (a raw DEALER keeping `window` jobs in flight) so
 the figure is the relay's or the broker's, not the client library's. The relay's worker answers
 each job with `frames` messages; the broker's mock workers emit `frames - 1` token frames and a
-done message, which is `frames` messages too.
+done message, which is `frames` messages too. The relay, its worker and the load generator
+report themselves busy to `protocol.io_threads` once their sockets exist, as llmrelay's
+processes do with this many jobs in flight, so their ZeroMQ I/O threads run under the same
+scheduling policy as the broker's.
 
     python -m benchmarks.ceiling relay --front tcp://127.0.0.1:P --back tcp://127.0.0.1:Q
     python -m benchmarks.ceiling worker --connect tcp://127.0.0.1:Q --frames 10
@@ -27,9 +30,15 @@ import zmq
 from benchmarks.common import CpuMeter, Row, child, free_port, worker_pids
 from protocol import messages as m
 from protocol.client import build_job
+from protocol.io_threads import IO_THREADS
 from protocol.job import Job
 from protocol.transport import SocketOptions, tune_socket
 from tests.harness import BrokerProcess
+
+
+def _busy() -> None:
+    """Batch this process's ZeroMQ I/O threads, as llmrelay's own under load (see above)."""
+    IO_THREADS.report(_busy, 256)
 
 
 def relay(front: str, back: str) -> None:
@@ -40,6 +49,7 @@ def relay(front: str, back: str) -> None:
         tune_socket(sock, SocketOptions())  # the broker's limits: nothing dropped at the HWM
     clients.bind(front)
     workers.bind(back)
+    _busy()
     ready: list[bytes] = []
     waiting: list[list[zmq.Frame]] = []
     turn = 0
@@ -71,6 +81,7 @@ def worker(connect: str, frames: int) -> None:
     sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     tune_socket(sock, SocketOptions())
     sock.connect(connect)
+    _busy()
     sock.send(b"ready")
     while True:
         client, _job = sock.recv_multipart()
@@ -87,6 +98,7 @@ def drive(endpoint: str, jobs: int, window: int, submit: Any, kind: Any) -> tupl
     sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     tune_socket(sock, SocketOptions())
     sock.connect(endpoint)
+    _busy()
     try:
         started = time.perf_counter()
         sent = done = frames = 0

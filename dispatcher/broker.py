@@ -27,6 +27,7 @@ from dispatcher.outbox import CLIENT, WORKER, Outgoing, Side
 from dispatcher.supervisor import Supervisor
 from protocol import messages as m
 from protocol.errors import ProtocolViolation
+from protocol.io_threads import IO_THREADS
 from protocol.transport import apply_server_curve, recv_parts, send_parts, tune_socket
 from workers.procutil import RestartBudget
 
@@ -234,6 +235,7 @@ class Broker:
                 if core.needs_dispatch or now >= core.wake_at:
                     core.dispatch_pending(now)
                 self._flush()  # one send burst per turn: replies, relays and dispatches
+                IO_THREADS.report(self, len(core.jobs))
         finally:
             self.shutdown()
 

@@ -24,6 +24,7 @@ from protocol import messages as m
 from protocol.catalog_calls import CatalogCalls
 from protocol.constants import DEFAULT_CLIENT_ENDPOINT, ENDPOINT_ENV
 from protocol.errors import ErrorCategory, ProtocolViolation, ProviderError
+from protocol.io_threads import IO_THREADS
 from protocol.job import Job, build_job
 from protocol.job_stream import JobStream
 from protocol.peer import PeerLink
@@ -127,6 +128,7 @@ class AsyncClient(CatalogCalls):
                 await task
         self.tasks = []
         self.link.close()
+        IO_THREADS.report(self, 0)
 
     async def _send(self, msg: m.Message) -> None:
         await self._ensure_started()
@@ -273,6 +275,7 @@ class AsyncClient(CatalogCalls):
         if pending is None or pending.finished:
             pending = JobStream(job=job, answering=answering, tokens=tokens)
             self.pending[job.id] = pending
+            IO_THREADS.report(self, len(self.pending))
         loop = asyncio.get_running_loop()
         watchdogs = []
         if not self.heard_broker:
@@ -302,6 +305,7 @@ class AsyncClient(CatalogCalls):
                 with contextlib.suppress(Exception):
                     await self._send(m.Cancel(job_id=job.id))
             self.pending.pop(job.id, None)
+            IO_THREADS.report(self, len(self.pending))
 
     def unreachable_error(self, waited: float, job_id: str | None = None) -> ProviderError:
         refused = " (or it refused this client's CURVE key)" if self.socket_options.curve else ""

@@ -16,3 +16,4 @@ SPEC_ENV = "LLMRELAY_WORKER_SPEC"  # a spawned worker's ProviderSpec, as JSON
 SERVER_KEY_ENV = "LLMRELAY_CURVE_SERVER_KEY"  # the broker's CURVE public key
 CLIENT_PUBLIC_ENV = "LLMRELAY_CURVE_PUBLIC_KEY"  # this peer's own pair (ephemeral if unset)
 CLIENT_SECRET_ENV = "LLMRELAY_CURVE_SECRET_KEY"
+IO_POLICY_ENV = "LLMRELAY_ZMQ_IO_POLICY"  # "batch" (default) or "normal" (protocol/io_threads.py)

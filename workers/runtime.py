@@ -20,6 +20,7 @@ import structlog
 from protocol import eventloop
 from protocol import messages as m
 from protocol.errors import ErrorCategory, ProtocolViolation, ProviderError
+from protocol.io_threads import IO_THREADS
 from protocol.peer import PeerLink
 from protocol.result_schema import RateLimits, WorkerResult
 from protocol.transport import SocketOptions
@@ -139,6 +140,7 @@ class WorkerRuntime:
             return  # duplicate dispatch (e.g. resent after a reconnect): already running
         run = RunningJob(job=msg.job, attempt=msg.attempt)
         self.running[key] = run
+        IO_THREADS.report(self, len(self.running))
         run.task = asyncio.create_task(self._run_job(run, msg.model))
 
     async def _count(self, msg: m.CountTokens) -> None:
@@ -211,6 +213,7 @@ class WorkerRuntime:
         key = (run.job.id, run.attempt)
         if self.running.get(key) is run:
             del self.running[key]
+            IO_THREADS.report(self, len(self.running))
 
     def _fail(self, run: RunningJob, exc: ProviderError) -> None:
         self._forget(run)
@@ -296,6 +299,7 @@ class WorkerRuntime:
                 self.abandoned.add(run.task)
                 run.task.add_done_callback(self.abandoned.discard)
         self.running.clear()
+        IO_THREADS.report(self, 0)
 
     async def _heartbeats(self) -> None:
         next_stats = time.monotonic() + self.stats_interval
