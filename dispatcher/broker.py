@@ -86,6 +86,7 @@ class Broker:
                 "worker_endpoint": self.worker_endpoint,
             },
         )
+        self.core.status_extra = self._io_status
         self.log = self.core.log
         self.stop_event = threading.Event()
         self.next_stats = now + bc.stats_interval
@@ -193,6 +194,10 @@ class Broker:
 
     def status(self) -> dict[str, Any]:
         return status.build(self.core, time.monotonic())
+
+    @staticmethod
+    def _io_status() -> dict[str, Any]:
+        return {"io_threads": {"batch": IO_THREADS.batch, "switches": IO_THREADS.switches}}
 
     # --- main loop ----------------------------------------------------------------------
 

@@ -9,8 +9,8 @@ the entry points below (`client_message`, `worker_message`, `bad_message`, `tick
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Protocol
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 import structlog
 
@@ -66,6 +66,9 @@ class BrokerCore:
         self.bc = bc = config.broker
         self.processes = processes
         self.endpoints = dict(endpoints or {})  # shown in status
+        # More of the status reply from the socket side, which the core does not see
+        # (the broker sets it: its ZeroMQ I/O threads' policy, protocol/io_threads.py).
+        self.status_extra: Callable[[], dict[str, Any]] = dict
         self.started = now
         # Told to clients on Pong and Accepted, to workers on Ping and Disconnect: a restarted
         # broker is recognisably a new one.

@@ -53,6 +53,7 @@ def build(core: BrokerCore, now: float) -> dict[str, Any]:
         "queues": {k.decode(errors="replace"): n for k, n in queue.sizes.items()},
         # shipped data's date; per live source: fetched_at, stale, error, models
         "catalog": core.catalog.catalog.status(),
+        **core.status_extra(),
     }
 
 

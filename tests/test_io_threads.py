@@ -87,12 +87,16 @@ def test_broker_and_worker_batch_only_under_load(tmp_path: Path) -> None:
                 await asyncio.sleep(0.5)  # dispatched, all waiting for their first token
                 assert seen() == ({os.SCHED_BATCH}, {os.SCHED_BATCH})
                 assert policies() == {os.SCHED_BATCH}  # this client's own I/O thread too
+                assert (await client.status())["io_threads"]["batch"] is True
                 await asyncio.gather(*jobs)
             deadline = time.monotonic() + 10
             while seen() != normal and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
             assert seen() == normal
             assert policies() == {os.SCHED_OTHER}
+            async with AsyncClient(broker.client_endpoint) as client:
+                io = (await client.status())["io_threads"]
+            assert io == {"batch": False, "switches": 2}  # to batch under load, and back
 
         under_load()
     finally:

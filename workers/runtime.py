@@ -333,6 +333,7 @@ class WorkerRuntime:
             inflight=len(self.running),
             jobs_done=self.done_jobs,
             jobs_failed=self.failed_jobs,
+            io_batch=IO_THREADS.batch,  # ZeroMQ I/O threads batched now (protocol/io_threads.py)
             **self.backend.stats(),
         )
         return figures
