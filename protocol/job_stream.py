@@ -35,7 +35,7 @@ class JobStream:
     accepted_by: str | None = None  # instance id of the broker run that accepted it
     answering: bool = False  # the caller wants an Origin event before each attempt's text
     tokens: bool = True  # Token and Reset events; False: only the final one (Done or error)
-    _waiter: asyncio.Future[None] | None = None  # the caller's take() while nothing is ready
+    _waiter: asyncio.Future[None] | None = None  # what take() awaits while nothing is ready
 
     def put(self, item: Event | ProviderError) -> None:
         self.ready.append(item)
@@ -46,11 +46,10 @@ class JobStream:
     async def take(self) -> list[Event | ProviderError]:
         """Every event ready now, in order; waits for one when there is none."""
         while not self.ready:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+            waiter = self._waiter
+            if waiter is None or waiter.done():  # shared by every caller waiting now
+                waiter = self._waiter = asyncio.get_running_loop().create_future()
+            await asyncio.shield(waiter)  # one caller cancelled leaves the others waiting
         items, self.ready = self.ready, []
         return items
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import msgpack
 import pytest
 
@@ -11,6 +13,7 @@ from protocol.errors import ErrorCategory, ProtocolViolation, ProviderError, is_
 from protocol.job import Job
 from protocol.job_stream import JobStream
 from protocol.results import Reset, Token
+from tests.harness import run_async
 
 
 def job(**extra: object) -> Job:
@@ -181,6 +184,25 @@ def test_client_delivers_in_order_once_and_resets() -> None:
     pending.start_attempt(2, "worker died")
     assert pending.ready == [Reset(reason="worker died", attempt=2)]
     assert pending.next_seq == 0 and pending.parts == []
+
+
+@run_async
+async def test_take_wakes_a_waiter_and_survives_another_one_cancelled() -> None:
+    """Two callers waiting on one stream: each event goes to one of them, and a caller
+    cancelled while waiting leaves the other waiting (no lost wake-up, no hang)."""
+    pending = JobStream(job=job())
+    first, second = asyncio.ensure_future(pending.take()), asyncio.ensure_future(pending.take())
+    await asyncio.sleep(0)
+    pending.put(Token("a"))
+    done, waiting = await asyncio.wait({first, second}, timeout=5)
+    assert [t.result() for t in done] == [[Token("a")]] and len(waiting) == 1
+    third = asyncio.ensure_future(pending.take())
+    await asyncio.sleep(0)
+    waiting.pop().cancel()
+    await asyncio.sleep(0)
+    pending.put(Token("b"))
+    assert await asyncio.wait_for(third, 5) == [Token("b")]
+    assert pending.ready == []
 
 
 def test_a_stream_without_token_events_keeps_the_text_and_the_resets() -> None:
