@@ -293,7 +293,7 @@ class Gateway:
         """Wait for what decides the response's status: the first text (stream) or the end;
         either way no longer than the client stays."""
         if stream:
-            while not pump.started and not pump.over:
+            while not pump.started:
                 await pump.first(self.settings.keepalive_interval)
         else:
             await pump.settled()

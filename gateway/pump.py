@@ -149,8 +149,8 @@ class Pump:
 
     @property
     def started(self) -> bool:
-        """Text is waiting, or the job ended: what the response's start waits for."""
-        return bool(self.parts) or self.finished
+        """Text is waiting, or nothing more will come: what the response's start waits for."""
+        return bool(self.parts) or self.over
 
     async def first(self, keepalive: float) -> bool:
         """Wait for any news (text, the end, an Origin); False after `keepalive` seconds."""
